@@ -1,0 +1,40 @@
+# First commands on a fresh machine: `make demo` and `make test`; both set everything up.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# CPU wheel of torch; a plain `pip install torch` would download a multi-GB CUDA build.
+TORCH_PIN     ?= torch==2.13.0
+INTERNEVO_PIN ?= internevo==0.4.9
+PYTEST_ARGS   ?=
+
+.PHONY: install test unit integration demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
+	# 0.4.9 is the newest complete InternEvo wheel; --no-deps skips its CUDA-only sdists.
+	$(BIN)/python -m pip install -q --no-deps "$(INTERNEVO_PIN)"
+	$(BIN)/python -m pip install -q -e ".[dev,hf]"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+unit: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: install
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+demo: install
+	$(BIN)/python -m rethinktiny.demo $(if $(FORCE),--force,)
+
+bench: install
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf outputs .pytest_cache

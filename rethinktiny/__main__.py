@@ -1,0 +1,5 @@
+import sys
+
+from rethinktiny.cli import main
+
+sys.exit(main())

@@ -1,0 +1,157 @@
+"""Text -> tokens: train a SentencePiece BPE tokenizer and write InternEvo's tokenized format."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterator
+
+from tqdm import tqdm
+
+from rethinktiny.artifacts import output_dir, write_json, write_manifest
+from rethinktiny.data.tokenized import BinWriter
+from rethinktiny.errors import UserError
+
+
+def iter_jsonl_texts(path: str | os.PathLike, text_key: str = "text",
+                     type_key: str | None = "source") -> Iterator[tuple[str, str]]:
+    """(type, text) per line of a jsonl corpus; a malformed line is an error naming file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: corpus file not found")
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                text = record[text_key]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise UserError(f"{path}:{number}: malformed corpus line ({type(err).__name__}: {err})") from None
+            doc_type = str(record.get(type_key, "default")) if type_key else "default"
+            yield _safe_type_name(doc_type), text
+
+
+def _safe_type_name(name: str) -> str:
+    # InternEvo matches type folders with a regex on the path, so keep names plain.
+    return re.sub(r"[^A-Za-z0-9_]+", "_", name) or "default"
+
+
+def train_tokenizer(corpus: str | os.PathLike, dst: str | os.PathLike, vocab_size: int,
+                    text_key: str = "text", user_defined_symbols: tuple[str, ...] = (),
+                    character_coverage: float = 0.9995, force: bool = False) -> Path:
+    """Train a SentencePiece BPE tokenizer with byte fallback on a jsonl corpus.
+
+    Args:
+        corpus: jsonl file with a `text_key` field per line.
+        dst: output folder; gets `tokenizer.model` and `manifest.json`.
+        vocab_size: number of pieces (including <unk>, <s>, </s> and the 256 byte pieces).
+        user_defined_symbols: pieces that are never split (e.g. chat markers).
+        character_coverage: share of characters covered by normal pieces; the rest use bytes.
+        force: replace an existing `dst`.
+    """
+    import sentencepiece as spm
+
+    texts = [text for _, text in iter_jsonl_texts(corpus, text_key, None)]
+    if not texts:
+        raise UserError(f"{corpus}: no documents")
+    model = io.BytesIO()
+    with output_dir(dst, force) as tmp:
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
+                model_type="bpe", byte_fallback=True, character_coverage=character_coverage,
+                user_defined_symbols=list(user_defined_symbols), split_digits=True,
+                allow_whitespace_only_pieces=True, remove_extra_whitespaces=False,
+                max_sentence_length=1 << 16, num_threads=1, minloglevel=2,
+            )
+        except RuntimeError as err:  # e.g. vocab_size too large for the corpus
+            raise UserError(f"{corpus}: sentencepiece training failed: {err}") from None
+        (tmp / "tokenizer.model").write_bytes(model.getvalue())
+        write_manifest(tmp, "data train-tokenizer",
+                       dict(corpus=str(corpus), vocab_size=vocab_size, text_key=text_key,
+                            user_defined_symbols=list(user_defined_symbols),
+                            character_coverage=character_coverage),
+                       inputs={"corpus": corpus})
+    return Path(dst) / "tokenizer.model"
+
+
+def load_sentencepiece(path: str | os.PathLike):
+    """Load a SentencePiece model file (or a folder holding `tokenizer.model`) with a clear error."""
+    import sentencepiece as spm
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.model"
+    if not path.is_file():
+        raise UserError(f"{path}: tokenizer file not found")
+    processor = spm.SentencePieceProcessor()
+    try:
+        processor.LoadFromSerializedProto(path.read_bytes())
+    except (RuntimeError, OSError) as err:
+        raise UserError(f"{path}: not a SentencePiece model ({err})") from None
+    return processor
+
+
+def tokenize_corpus(corpus: str | os.PathLike, tokenizer: str | os.PathLike, dst: str | os.PathLike,
+                    text_key: str = "text", type_key: str | None = "source", add_bos: bool = True,
+                    add_eos: bool = True, shard_tokens: int = 50_000_000, batch_docs: int = 512,
+                    force: bool = False) -> dict:
+    """Encode a jsonl corpus into `<dst>/<type>/<shard>.bin` + `.bin.meta`.
+
+    Args:
+        corpus: jsonl file.
+        tokenizer: SentencePiece model file or folder.
+        dst: output folder (written atomically).
+        type_key: record field naming the data type sub-folder (None: one type "default").
+        add_bos, add_eos: wrap each document in <s> ... </s>, as InternEvo's tokenizer tool does.
+        shard_tokens: start a new shard after this many tokens.
+    Returns:
+        a summary dict (documents and tokens per type), also written as `summary.json`.
+    """
+    processor = load_sentencepiece(tokenizer)
+    records = list(iter_jsonl_texts(corpus, text_key, type_key))
+    if not records:
+        raise UserError(f"{corpus}: no documents")
+    by_type: dict[str, list[str]] = defaultdict(list)
+    for doc_type, text in records:
+        by_type[doc_type].append(text)
+    summary = {"types": {}, "documents": 0, "tokens": 0, "vocab_size": processor.vocab_size()}
+    with output_dir(dst, force) as tmp, tqdm(total=len(records), desc="tokenize", unit="doc") as bar:
+        for doc_type in sorted(by_type):
+            docs, tokens = _write_type(processor, by_type[doc_type], tmp / doc_type, add_bos, add_eos,
+                                       shard_tokens, batch_docs, bar)
+            summary["types"][doc_type] = {"documents": docs, "tokens": tokens}
+            summary["documents"] += docs
+            summary["tokens"] += tokens
+        write_json(tmp / "summary.json", summary)
+        write_manifest(tmp, "data tokenize",
+                       dict(corpus=str(corpus), tokenizer=str(tokenizer), text_key=text_key, type_key=type_key,
+                            add_bos=add_bos, add_eos=add_eos, shard_tokens=shard_tokens),
+                       inputs={"corpus": corpus, "tokenizer": tokenizer})
+    return summary
+
+
+def _write_type(processor, texts: list[str], folder: Path, add_bos: bool, add_eos: bool,
+                shard_tokens: int, batch_docs: int, bar) -> tuple[int, int]:
+    bos = [processor.bos_id()] if add_bos and processor.bos_id() >= 0 else []
+    eos = [processor.eos_id()] if add_eos and processor.eos_id() >= 0 else []
+    shard, writer = 0, None
+    docs = tokens = 0
+    for start in range(0, len(texts), batch_docs):
+        for ids in processor.encode(texts[start:start + batch_docs]):
+            if writer is None:
+                writer = BinWriter(folder / f"{shard:05d}.bin")
+            writer.write(bos + ids + eos)
+            docs, tokens = docs + 1, tokens + len(ids) + len(bos) + len(eos)
+            if writer.num_tokens >= shard_tokens:
+                writer.close()
+                writer, shard = None, shard + 1
+        bar.update(min(batch_docs, len(texts) - start))
+    if writer is not None:
+        writer.close()
+    return docs, tokens

@@ -1,0 +1,174 @@
+"""InternEvo's tokenized data format, read and written without InternEvo.
+
+A dataset folder holds one sub-folder per data *type* (InternEvo numbers types by the sorted
+sub-folder names and reports metrics per type):
+
+    <folder>/<type>/<shard>.bin        one JSON object a line: {"tokens": [int, ...]}
+    <folder>/<type>/<shard>.bin.meta   numpy .npy array [lines, 2]: (byte offset, token count)
+
+InternEvo's loader needs the `.meta` index (it seeks to each offset); we write int64 offsets so
+shards over 2 GiB stay valid (InternEvo's own tool writes int32; np.load reads either).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from rethinktiny.errors import UserError
+
+BIN_SUFFIX = ".bin"
+META_SUFFIX = ".bin.meta"
+
+
+def find_bin_files(folder: str | os.PathLike) -> list[Path]:
+    """All `.bin` files below `folder` (following symlinks, as InternEvo does), sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: data folder not found")
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs.sort()
+        found.extend(Path(root) / name for name in sorted(files) if name.endswith(BIN_SUFFIX))
+    return found
+
+
+def require_bin_files(folder: str | os.PathLike) -> list[Path]:
+    files = find_bin_files(folder)
+    if not files:
+        raise UserError(f"{folder}: no .bin files found (expected <folder>/<type>/*.bin)")
+    return files
+
+
+def type_names(folder: str | os.PathLike) -> list[str]:
+    """Data types in InternEvo's order (sorted sub-folder names)."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.is_dir())
+
+
+def read_meta(bin_path: str | os.PathLike) -> np.ndarray | None:
+    meta_path = Path(f"{bin_path}.meta")
+    if not meta_path.exists():
+        return None
+    meta = np.load(meta_path)
+    if meta.ndim != 2 or meta.shape[1] != 2:
+        raise UserError(f"{meta_path}: expected an array of shape [lines, 2], got {meta.shape}")
+    return meta
+
+
+@dataclass
+class BadLine:
+    path: str
+    line: int  # 1-based
+    reason: str
+
+
+@dataclass
+class ReadReport:
+    """What `iter_documents` skipped; callers decide whether that is fatal."""
+
+    bad_lines: list[BadLine] = field(default_factory=list)
+
+    def raise_if_any(self) -> None:
+        if self.bad_lines:
+            first = self.bad_lines[0]
+            raise UserError(f"{first.path}:{first.line}: malformed line ({first.reason}); "
+                            f"{len(self.bad_lines)} malformed line(s) in total")
+
+
+def parse_tokens(line: bytes) -> list[int]:
+    """Tokens of one `.bin` line; raises ValueError with the reason when malformed."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"invalid JSON: {err.msg}") from None
+    if not isinstance(record, dict) or "tokens" not in record:
+        raise ValueError('no "tokens" key')
+    tokens = record["tokens"]
+    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+        raise ValueError('"tokens" is not a list of integers')
+    return tokens
+
+
+def iter_documents(bin_path: str | os.PathLike, report: ReadReport | None = None) -> Iterator[list[int]]:
+    """Token lists of one `.bin` file, line by line. Malformed lines are recorded in `report`
+    (with file and line number) and skipped; without a report they raise UserError."""
+    with open(bin_path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield parse_tokens(line)
+            except ValueError as err:
+                if report is None:
+                    raise UserError(f"{bin_path}:{number}: malformed line ({err})") from None
+                report.bad_lines.append(BadLine(str(bin_path), number, str(err)))
+
+
+class BinWriter:
+    """Writes one shard: `.bin` lines plus the `.bin.meta` index, both via temporary names."""
+
+    def __init__(self, bin_path: str | os.PathLike) -> None:
+        self.path = Path(bin_path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.partial")
+        self._file = open(self._tmp, "wb")
+        self._meta: list[tuple[int, int]] = []
+        self._offset = 0
+        self.num_tokens = 0
+
+    def write(self, tokens: Iterable[int]) -> None:
+        tokens = [int(t) for t in tokens]
+        line = (json.dumps({"tokens": tokens}, separators=(",", ":")) + "\n").encode("utf-8")
+        self._file.write(line)
+        self._meta.append((self._offset, len(tokens)))
+        self._offset += len(line)
+        self.num_tokens += len(tokens)
+
+    @property
+    def num_documents(self) -> int:
+        return len(self._meta)
+
+    def close(self) -> None:
+        self._file.close()
+        meta = np.array(self._meta, dtype=np.int64).reshape(-1, 2)
+        meta_tmp = self.path.with_name(f".{self.path.name}.meta.partial")
+        with open(meta_tmp, "wb") as f:
+            np.save(f, meta)
+        os.replace(self._tmp, self.path)
+        os.replace(meta_tmp, f"{self.path}.meta")
+
+    def __enter__(self) -> "BinWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._file.close()
+            self._tmp.unlink(missing_ok=True)
+
+
+def write_documents(bin_path: str | os.PathLike, documents: Iterable[Iterable[int]]) -> int:
+    """Write a whole shard; returns the number of documents."""
+    with BinWriter(bin_path) as writer:
+        for tokens in documents:
+            writer.write(tokens)
+    return writer.num_documents
+
+
+def count_tokens(folder: str | os.PathLike) -> tuple[int, int]:
+    """(documents, tokens) in a dataset folder, from the `.meta` indexes where present."""
+    docs = tokens = 0
+    for path in require_bin_files(folder):
+        meta = read_meta(path)
+        if meta is None:
+            lengths = [len(t) for t in iter_documents(path)]
+            docs, tokens = docs + len(lengths), tokens + sum(lengths)
+        else:
+            docs, tokens = docs + len(meta), tokens + int(meta[:, 1].sum())
+    return docs, tokens

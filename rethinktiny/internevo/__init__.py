@@ -1,0 +1,5 @@
+"""InternEvo plugin (work in progress)."""
+
+
+def register() -> None:
+    pass

@@ -1,0 +1,39 @@
+"""rethinktiny: the tiny-LM recipes of Tang et al. (2024) as tools on top of InternEvo.
+
+InternEvo itself is not an install requirement: its PyPI metadata pulls CUDA-only source
+packages, so it is installed with `pip install --no-deps internevo==0.4.9` (the Makefile does this)
+and its runtime dependencies are listed here.
+"""
+
+from setuptools import find_packages, setup
+
+INTERNEVO_RUNTIME = ["einops", "requests", "tensorboard", "protobuf"]
+
+setup(
+    name="rethinktiny",
+    version="0.1.0",
+    description="Compact tokenizer, parameter inheritance, multi-round training and PanGu-π Pro "
+                "presets for InternEvo",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["rethinktiny", "rethinktiny.*"]),
+    install_requires=[
+        # A range, not a pin: an installed CPU or cluster torch satisfies it and is kept.
+        "torch>=2.1",
+        "numpy",
+        "sentencepiece>=0.2",
+        "safetensors",
+        "tqdm",
+        "matplotlib",
+        *INTERNEVO_RUNTIME,
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-timeout", "transformers>=4.40", "tokenizers"],
+        "hf": ["transformers>=4.40", "tokenizers"],
+        # apex is not on PyPI (the PyPI "apex" is an unrelated package): build it from NVIDIA's repo.
+        "gpu": ["flash-attn"],
+    },
+    entry_points={"console_scripts": ["rethinktiny=rethinktiny.cli:main"]},
+)

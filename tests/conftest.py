@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny SentencePiece tokenizer trained on the bundled sample, and the sample
+tokenized into InternEvo's format. Session-scoped: trained once per test run (about a second)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_TRAIN = REPO / "data" / "sample" / "train.jsonl"
+SAMPLE_VALID = REPO / "data" / "sample" / "valid.jsonl"
+
+
+@pytest.fixture(scope="session")
+def sample_corpus() -> Path:
+    return SAMPLE_TRAIN
+
+
+@pytest.fixture(scope="session")
+def sample_valid_corpus() -> Path:
+    return SAMPLE_VALID
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory) -> Path:
+    """A 2,000-piece BPE tokenizer (byte fallback) trained on the bundled sample."""
+    from rethinktiny.data.prepare import train_tokenizer
+
+    folder = tmp_path_factory.mktemp("tokenizer") / "tok"
+    return train_tokenizer(SAMPLE_TRAIN, folder, vocab_size=2000)
+
+
+@pytest.fixture(scope="session")
+def tokenized_sample(tmp_path_factory, tiny_tokenizer) -> Path:
+    """The bundled training sample in InternEvo's format (<folder>/<type>/*.bin + .meta)."""
+    from rethinktiny.data.prepare import tokenize_corpus
+
+    folder = tmp_path_factory.mktemp("data") / "train"
+    tokenize_corpus(SAMPLE_TRAIN, tiny_tokenizer, folder)
+    return folder
