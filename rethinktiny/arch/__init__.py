@@ -1,0 +1,1 @@
+"""Architecture explorer: shapes for a parameter budget, their costs and measured speed."""

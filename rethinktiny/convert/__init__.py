@@ -1,0 +1,1 @@
+"""Hugging Face export/import (one key table plus the rotary permute)."""

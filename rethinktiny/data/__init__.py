@@ -1,0 +1,1 @@
+"""InternEvo tokenized data (reader/writer) and text -> tokens preparation."""

@@ -1,0 +1,1 @@
+"""Multi-round training: batch losses, softmax sampling without replacement, dataset writing."""

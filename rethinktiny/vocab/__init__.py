@@ -1,0 +1,1 @@
+"""Compact tokenizer: count token frequencies, merge, prune a SentencePiece model."""
