@@ -1,0 +1,111 @@
+import pytest
+import torch
+
+from rethinktiny.checkpoint import (InternEvoCheckpoint, check_state_dict, find_step_folder, read_model_config,
+                                    save_model_only)
+from rethinktiny.config import get_preset
+from rethinktiny.errors import UserError
+from rethinktiny.model import PanGuPi
+
+CFG = get_preset("tiny").replace(attention_bias=True)
+
+
+def _split_like_internevo(state, tp, pp, layers_per_stage, embed_split_hidden):
+    """Shard a full state dict the way InternEvo saves tp x pp ranks."""
+    shards = {}
+    for p in range(pp):
+        first = sum(layers_per_stage[:p])
+        for t in range(tp):
+            shard = {}
+            for name, tensor in state.items():
+                if name.startswith("layers."):
+                    idx = int(name.split(".")[1])
+                    if not first <= idx < first + layers_per_stage[p]:
+                        continue
+                    local = f"layers.{idx - first}." + name.split(".", 2)[2]
+                elif name == "tok_embeddings.weight" and p != 0:
+                    continue
+                elif name in ("norm.weight", "output.weight") and p != pp - 1:
+                    continue
+                else:
+                    local = name
+                inner = local.split(".", 2)[-1] if local.startswith("layers.") else local
+                if inner.startswith(("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1",
+                                     "feed_forward.w3")) or name == "output.weight":
+                    part = tensor.chunk(tp, dim=0)[t]
+                elif inner in ("attention.wo.weight", "feed_forward.w2.weight"):
+                    part = tensor.chunk(tp, dim=1)[t]
+                elif name == "tok_embeddings.weight" and embed_split_hidden:
+                    part = tensor.chunk(tp, dim=1)[t]
+                else:
+                    part = tensor
+                shard[local] = part.clone()
+            shards[(t, p)] = shard
+    return shards
+
+
+@pytest.mark.parametrize("tp, pp, embed_split_hidden", [(2, 1, False), (1, 2, False), (2, 2, True)])
+def test_merged_shards_equal_the_full_checkpoint(tmp_path, tp, pp, embed_split_hidden):
+    state = PanGuPi(CFG).state_dict()
+    step = tmp_path / "ckpt" / "20"
+    step.mkdir(parents=True)
+    for (t, p), shard in _split_like_internevo(state, tp, pp, [3, 1][:pp] if pp == 2 else [4],
+                                               embed_split_hidden).items():
+        torch.save(shard, step / f"model_tp{t}_pp{p}.pt")
+    ckpt = InternEvoCheckpoint(tmp_path / "ckpt", config=CFG)  # parent folder -> latest step
+    assert ckpt.folder == step and ckpt.num_layers == CFG.num_layers
+    merged = ckpt.state_dict()
+    assert set(merged) == set(state)
+    for name in state:
+        torch.testing.assert_close(merged[name], state[name], rtol=0, atol=0)
+
+
+def test_missing_shard_is_named(tmp_path):
+    state = PanGuPi(CFG).state_dict()
+    for (t, p), shard in _split_like_internevo(state, 2, 1, [4], False).items():
+        if t == 0:
+            torch.save(shard, tmp_path / f"model_tp{t}_pp{p}.pt")
+    torch.save({}, tmp_path / "model_tp1_pp1.pt")
+    with pytest.raises(UserError, match="missing shard model_tp0_pp1.pt"):
+        InternEvoCheckpoint(tmp_path, config=CFG)
+
+
+def test_latest_step_and_empty_folder(tmp_path):
+    with pytest.raises(UserError, match="no model_tp"):
+        find_step_folder(tmp_path)
+    for step in ("5", "40", "7"):
+        (tmp_path / step).mkdir()
+        torch.save({}, tmp_path / step / "model_tp0_pp0.pt")
+    assert find_step_folder(tmp_path).name == "40"
+
+
+def test_save_model_only_round_trip(tmp_path):
+    model = PanGuPi(CFG)
+    save_model_only(tmp_path / "m", model.state_dict(), CFG)
+    assert read_model_config(tmp_path / "m") == CFG
+    loaded = InternEvoCheckpoint(tmp_path / "m").state_dict()
+    fresh = PanGuPi(CFG)
+    fresh.load_state_dict(loaded, strict=True)
+
+
+def test_check_state_dict_names_key_and_shapes():
+    expected = {k: v.shape for k, v in PanGuPi(CFG).state_dict().items()}
+    state = PanGuPi(CFG.replace(intermediate_size=256)).state_dict()
+    with pytest.raises(UserError, match=r"shape mismatch for layers.0.feed_forward.w1.weight: checkpoint \(256, 128\), model \(352, 128\)"):
+        check_state_dict(state, expected, "ckpt")
+
+
+def test_internevo_model_config_pt_is_read_without_unpickling_code(tmp_path):
+    Config = pytest.importorskip("internlm.core.context").Config
+    entry = Config(dict(num_attention_heads=4, vocab_size=4096, hidden_size=128, num_layers=4, mlp_ratio=2.75,
+                        num_kv_attention_heads=2, dtype=torch.bfloat16, no_bias=True))
+    torch.save(entry, tmp_path / "model_config.pt")
+    cfg = read_model_config(tmp_path)
+    assert (cfg.hidden_size, cfg.num_kv_heads, cfg.intermediate_size) == (128, 2, 512)
+
+
+def test_config_pickle_with_foreign_class_is_refused(tmp_path):
+    import collections
+    torch.save({"x": collections.Counter()}, tmp_path / "model_config.pt")
+    with pytest.raises(UserError, match="refusing to load collections.Counter"):
+        read_model_config(tmp_path)
