@@ -1,0 +1,55 @@
+"""InternEvo Python config files (`configs/LLM1B.py` style), read without InternEvo.
+
+InternEvo's `Config.from_file` executes the file and keeps its public globals; we do the same
+with `runpy`, so a config that computes values (`total_steps=data["total_steps"]`) reads the same.
+"""
+
+from __future__ import annotations
+
+import runpy
+import types
+from pathlib import Path
+from typing import Any
+
+from rethinktiny.config import MODEL_TYPES, ModelConfig, from_internevo, get_preset
+from rethinktiny.errors import UserError
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """The public, non-module globals of an InternEvo config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        namespace = runpy.run_path(str(path))
+    except SyntaxError as err:
+        raise UserError(f"{path}:{err.lineno}: syntax error in config ({err.msg})") from None
+    return {k: v for k, v in namespace.items()
+            if not k.startswith("_") and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
+
+
+def model_config_from_file(path: str | Path) -> ModelConfig:
+    """ModelConfig of the `model=dict(...)` entry (a `preset=` key names the base preset)."""
+    config = load_config_file(path)
+    if "model" not in config:
+        raise UserError(f"{path}: no model=dict(...) entry")
+    model_type = config.get("model_type", "INTERNLM")
+    if model_type not in (*MODEL_TYPES, "LLAMA2"):
+        raise UserError(f"{path}: model_type {model_type!r} is not one of {[*MODEL_TYPES, 'LLAMA2']}")
+    entry = dict(config["model"])
+    if "preset" in entry:
+        get_preset(entry["preset"])  # unknown preset -> clear error
+    return from_internevo(entry, source=f"{path}: model")
+
+
+def data_config_from_file(path: str | Path) -> dict[str, Any]:
+    """The `data=dict(...)` entry with InternEvo's defaults for the keys batch building uses."""
+    config = load_config_file(path)
+    if "data" not in config:
+        raise UserError(f"{path}: no data=dict(...) entry")
+    data = dict(config["data"])
+    for key in ("seq_len", "micro_bsz"):
+        if key not in data:
+            raise UserError(f"{path}: data.{key} is required")
+    data.setdefault("micro_num", 1)
+    return data
