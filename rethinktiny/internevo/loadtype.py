@@ -1,0 +1,44 @@
+"""Checkpoint-load type `ckpt_type="inherited"`: start training from a `rethinktiny inherit` folder.
+
+    ckpt = dict(load_ckpt_info=dict(path=FOLDER, content=("model",), ckpt_type="inherited"),
+                auto_resume=False, ...)
+
+InternEvo's own model loader uses `strict=False` and only logs missing keys, so a wrong folder
+silently trains from random weights. This loader checks every name and shape against the model
+being trained first and fails with the key and both shapes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rethinktiny.checkpoint import InternEvoCheckpoint, check_state_dict
+from rethinktiny.errors import UserError
+
+LOAD_TYPE = "inherited"
+
+
+def _local_path(path: str) -> str:
+    # InternEvo paths carry a storage prefix; only the local file system makes sense here.
+    if path.startswith("local:"):
+        return path[len("local:"):]
+    if ":" in path.split("/")[0]:
+        raise UserError(f"ckpt.load_ckpt_info.path {path!r}: only local folders are supported for {LOAD_TYPE!r}")
+    return path
+
+
+def load_inherited(ckpt_mm, load_info, *_args, **_kwargs) -> str:
+    """InternEvo load-type function: (checkpoint manager, load_info, train_state) -> loaded contents."""
+    content = load_info["content"]
+    requested = getattr(content, "content", content)
+    if set(requested) != {"model"}:
+        raise UserError(f"ckpt_type {LOAD_TYPE!r} loads only content=('model',), got {tuple(requested)}")
+    folder = _local_path(str(load_info["path"]))
+    model = ckpt_mm.model
+    expected = {name: tensor.shape for name, tensor in model.state_dict().items()}
+    state = InternEvoCheckpoint(folder).state_dict()
+    check_state_dict(state, expected, source=f"ckpt.load_ckpt_info.path {folder}")
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            tensor.copy_(state[name].to(tensor.dtype))
+    return "model, "
