@@ -8,9 +8,19 @@ TORCH_PIN     ?= torch==2.13.0
 INTERNEVO_PIN ?= internevo==0.4.9
 PYTEST_ARGS   ?=
 
+SAMPLE := data/sample
+SAMPLE_DATA := $(SAMPLE)/tokenized/train/.done
+
 .PHONY: install test unit integration demo bench clean
 
-install: $(STAMP)
+install: $(STAMP) $(SAMPLE_DATA)
+
+# The bundled sample's tokenizer and InternEvo-format data (configs/tiny_cpu.py trains on them).
+$(SAMPLE_DATA): $(STAMP) $(SAMPLE)/train.jsonl $(SAMPLE)/valid.jsonl
+	$(BIN)/rethinktiny data train-tokenizer --input $(SAMPLE)/train.jsonl --vocab-size 4096 --dst $(SAMPLE)/tokenizer --force
+	$(BIN)/rethinktiny data tokenize --input $(SAMPLE)/train.jsonl --tokenizer $(SAMPLE)/tokenizer --dst $(SAMPLE)/tokenized/train --force
+	$(BIN)/rethinktiny data tokenize --input $(SAMPLE)/valid.jsonl --tokenizer $(SAMPLE)/tokenizer --dst $(SAMPLE)/tokenized/valid --force
+	touch $@
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

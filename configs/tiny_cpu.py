@@ -4,6 +4,7 @@
 #   data/sample/tokenized/{train,valid}/     (InternEvo format: <type>/*.bin + .bin.meta)
 #
 #   python start_finetune.py --config configs/tiny_cpu.py
+#   python start_finetune.py --config configs/tiny_cpu.py --set data.total_steps=60 --set ckpt.auto_resume=True
 import os
 
 import rethinktiny  # noqa: F401  registers PANGU_PI_PRO, the CPU accelerator and the "inherited" load type
@@ -15,8 +16,8 @@ model_type = "PANGU_PI_PRO"
 launch = dict(nproc_per_node=2)  # CPU: no GPUs to count, so say how many ranks to start
 
 SEQ_LEN = 256
-TRAIN_FOLDER = os.environ.get("TINY_TRAIN_FOLDER", os.path.join(_ROOT, "data/sample/tokenized/train"))
-SAVE_CKPT_FOLDER = "local:" + os.environ.get("TINY_SAVE_FOLDER", os.path.join(_ROOT, "outputs/tiny_cpu/ckpt"))
+TRAIN_FOLDER = os.path.join(_ROOT, "data/sample/tokenized/train")
+SAVE_CKPT_FOLDER = "local:" + os.path.join(_ROOT, "outputs/tiny_cpu/ckpt")
 
 ckpt = dict(
     enable_save_ckpt=True,

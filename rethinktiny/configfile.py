@@ -6,6 +6,7 @@ with `runpy`, so a config that computes values (`total_steps=data["total_steps"]
 
 from __future__ import annotations
 
+import ast
 import runpy
 import types
 from pathlib import Path
@@ -53,3 +54,34 @@ def data_config_from_file(path: str | Path) -> dict[str, Any]:
             raise UserError(f"{path}: data.{key} is required")
     data.setdefault("micro_num", 1)
     return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`data.total_steps=40` -> (["data", "total_steps"], 40). Values are Python literals; anything
+    that is not one (a bare path, say) is taken as a string."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r}: expected KEY=VALUE (e.g. data.total_steps=40)")
+    key, raw = text.split("=", 1)
+    path = [part for part in key.strip().split(".") if part]
+    if not path:
+        raise UserError(f"--set {text!r}: empty key")
+    try:
+        value = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        value = raw.strip()
+    return path, value
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> None:
+    """Set `--set KEY=VALUE` items in a loaded config (a dict, or InternEvo's Config)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = config
+        for part in path[:-1]:
+            if not isinstance(node, dict) or part not in node:
+                raise UserError(f"--set {text}: the config has no {part!r} under {'.'.join(path[:path.index(part)]) or 'top level'}")
+            node = node[part]
+        if hasattr(node, "_add_item"):  # InternEvo's Config wraps nested dicts itself
+            node._add_item(path[-1], value)
+        else:
+            node[path[-1]] = value

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rdzv-timeout", dest="rdzv_timeout", type=int, default=5400,
                    help="seconds torchrun waits for all nodes to join")
     p.add_argument("--seed", type=int, default=1024)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value in every rank, e.g. --set data.total_steps=40 (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the launch command instead of running it")
     return p
 
@@ -68,6 +70,10 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _override_args(args: argparse.Namespace) -> list[str]:
+    return [item for text in args.overrides for item in ("--set", text)]
 
 
 def default_nproc(config_path: str) -> int:
@@ -88,7 +94,8 @@ def torchrun_command(args: argparse.Namespace) -> list[str]:
             "--nproc_per_node", str(args.nproc_per_node), "--nnodes", str(args.nnodes),
             "--node_rank", str(args.node_rank), "--master_addr", args.master_addr, "--master_port", str(port),
             "--rdzv_conf", f"timeout={args.rdzv_timeout}",
-            "-m", TRAIN_MODULE, "--config", args.config, "--launcher", "torch", "--seed", str(args.seed)]
+            "-m", TRAIN_MODULE, "--config", args.config, "--launcher", "torch", "--seed", str(args.seed),
+            *_override_args(args)]
 
 
 def srun_command(args: argparse.Namespace) -> list[str]:
@@ -96,7 +103,7 @@ def srun_command(args: argparse.Namespace) -> list[str]:
     return ["srun", f"--nodes={args.nnodes}", f"--ntasks-per-node={args.nproc_per_node}",
             "--kill-on-bad-exit=1",
             sys.executable, "-m", TRAIN_MODULE, "--config", args.config, "--launcher", "slurm",
-            "--port", str(port), "--seed", str(args.seed)]
+            "--port", str(port), "--seed", str(args.seed), *_override_args(args)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         port = args.master_port or 29500
         return train_main(["--config", args.config, "--launcher", "torch" if in_torchrun() else "slurm",
-                           "--port", str(port), "--seed", str(args.seed)])
+                           "--port", str(port), "--seed", str(args.seed), *_override_args(args)])
     try:
         args.nproc_per_node = args.nproc_per_node or default_nproc(args.config)
     except UserError as err:

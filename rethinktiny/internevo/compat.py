@@ -68,8 +68,14 @@ def patch_param_sync() -> None:
 
 
 def allow_internevo_checkpoint_classes() -> None:
-    """Let `torch.load(weights_only=True)` read InternEvo's optimizer and sampler states."""
-    torch.serialization.add_safe_globals([ParallelMode])
+    """Let `torch.load(weights_only=True)` read InternEvo's optimizer and sampler states: the
+    optimizer state names `ParallelMode`; the sampler state holds numpy arrays (its RNG state)."""
+    import numpy as np
+
+    numpy_array_classes = [np._core.multiarray._reconstruct, np.ndarray, np.dtype]
+    numpy_array_classes += [cls for cls in vars(np.dtypes).values() if isinstance(cls, type)
+                            and issubclass(cls, np.dtype)]
+    torch.serialization.add_safe_globals([ParallelMode, *numpy_array_classes])
 
 
 def apply_all() -> None:

@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=int(os.environ.get("MASTER_PORT", 8888)),
                         help="master port (slurm launcher; torchrun sets MASTER_PORT itself)")
     parser.add_argument("--seed", type=int, default=1024)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set data.total_steps=40 (repeatable)")
     return parser.parse_args(argv)
 
 
@@ -90,7 +92,7 @@ def _write_step_model_config(folder: str, model_cfg) -> None:
         write_model_config(local, model_cfg)
 
 
-def run(config_path: str) -> None:
+def run(config_path: str, overrides: list[str] = ()) -> None:
     """Train according to the already-launched InternEvo global context (`gpc.config`)."""
     from internlm.checkpoint import CheckpointManager
     from internlm.core.context import ParallelMode
@@ -117,7 +119,7 @@ def run(config_path: str) -> None:
     optimizer, beta2_scheduler, lr_scheduler = initialize_optimizer(model)
     ckpt_manager = CheckpointManager(
         ckpt_config=cfg.ckpt, model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
-        train_dl=train_dl, model_config=cfg.model, model_config_file=Path(config_path).read_text())
+        train_dl=train_dl, model_config=cfg.model, model_config_file=_config_text(config_path, overrides))
     ckpt_manager.try_resume_training(train_state, current_time)
     metric = AccPerplex(device=get_current_device(), tp_pg=gpc.get_group(ParallelMode.TENSOR),
                         dp_pg=gpc.get_group(ParallelMode.DATA), dataset_types=dataset_types)
@@ -166,6 +168,14 @@ def _train_loop(trainer, train_dl, train_state, ckpt_manager, metric, log, model
             break
 
 
+def _config_text(config_path: str, overrides) -> str:
+    """The config file as saved into checkpoints, with the command-line overrides appended."""
+    text = Path(config_path).read_text()
+    if overrides:
+        text += "\n# overridden on the command line (--set):\n" + "".join(f"# {item}\n" for item in overrides)
+    return text
+
+
 def _check_data_folder(folder: str | None) -> None:
     if folder is None:
         return
@@ -183,10 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     plugin.register()
     from internlm.core.context import global_context as gpc
     from internlm.initialize import initialize_distributed_env
+    from internlm.initialize.launch import args_sanity_check
+
+    from rethinktiny.configfile import apply_overrides
 
     try:
-        initialize_distributed_env(config=args.config, launcher=args.launcher, master_port=args.port, seed=args.seed)
-        run(args.config)
+        initialize_distributed_env(config=args.config, launcher=args.launcher, master_port=args.port, seed=args.seed,
+                                   args_check=False)
+        apply_overrides(gpc.config, args.overrides)  # before InternEvo fills in its defaults
+        args_sanity_check()
+        run(args.config, args.overrides)
     except UserError as err:
         rank = dist.get_rank() if dist.is_initialized() else os.environ.get("RANK", "?")
         print(f"[rethinktiny] rank {rank}: error: {err}", file=sys.stderr, flush=True)
