@@ -9,7 +9,7 @@ INTERNEVO_PIN ?= internevo==0.4.9
 PYTEST_ARGS   ?=
 
 SAMPLE := data/sample
-SAMPLE_DATA := $(SAMPLE)/tokenized/train/.done
+SAMPLE_DATA := $(SAMPLE)/tokenized/.done
 
 .PHONY: install test unit integration demo bench clean
 
