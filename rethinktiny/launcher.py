@@ -106,10 +106,42 @@ def srun_command(args: argparse.Namespace) -> list[str]:
             "--port", str(port), "--seed", str(args.seed), *_override_args(args)]
 
 
+def validate_config(path: str, overrides: Sequence[str]) -> None:
+    """Check what can be checked before any process starts: the model shape, the model type and
+    the training data folder. Raises UserError naming the key."""
+    from rethinktiny.config import MODEL_TYPES, from_internevo
+    from rethinktiny.configfile import apply_overrides
+
+    config = load_config_file(path)
+    apply_overrides(config, list(overrides))
+    model_type = config.get("model_type", "INTERNLM")
+    if model_type not in (*MODEL_TYPES, *INTERNEVO_MODEL_TYPES):
+        raise UserError(f"{path}: model_type {model_type!r} is unknown; rethinktiny provides {list(MODEL_TYPES)}, "
+                        f"InternEvo {list(INTERNEVO_MODEL_TYPES)}")
+    if model_type in MODEL_TYPES:
+        if "model" not in config:
+            raise UserError(f"{path}: no model=dict(...) entry")
+        from_internevo(dict(config["model"]), source=f"{path}: model")
+    train_folder = config.get("data", {}).get("train_folder")
+    if train_folder:
+        from rethinktiny.data.tokenized import require_bin_files
+
+        require_bin_files(train_folder)
+
+
+# InternEvo 0.4.9's own registered model types (the registry itself needs an InternEvo import).
+INTERNEVO_MODEL_TYPES = ("INTERNLM", "INTERNLM2_PUBLIC", "LLAMA2", "INTERNLM_MoE", "LLAVA")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not os.path.isfile(args.config):
-        print(f"error: {args.config}: config file not found", file=sys.stderr)
+    try:
+        if not os.path.isfile(args.config):
+            raise UserError(f"{args.config}: config file not found")
+        if not (in_torchrun() or in_srun_step()):
+            validate_config(args.config, args.overrides)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     if in_torchrun() or (args.launcher == "slurm" and in_srun_step()):
         from rethinktiny.internevo.train import main as train_main

@@ -74,3 +74,8 @@ def register() -> None:
     _register_models()
     _register_load_type()
     _state = "done"
+
+
+# Importing this package imports InternEvo, which (through rethinktiny's import hook) calls
+# register(); it must come after register() is defined so the hook can find it.
+import internlm  # noqa: E402,F401

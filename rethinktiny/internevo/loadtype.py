@@ -29,10 +29,10 @@ def _local_path(path: str) -> str:
 
 def load_inherited(ckpt_mm, load_info, *_args, **_kwargs) -> str:
     """InternEvo load-type function: (checkpoint manager, load_info, train_state) -> loaded contents."""
-    content = load_info["content"]
-    requested = getattr(content, "content", content)
-    if set(requested) != {"model"}:
-        raise UserError(f"ckpt_type {LOAD_TYPE!r} loads only content=('model',), got {tuple(requested)}")
+    content = load_info["content"]  # InternEvo has turned the tuple into a CheckpointLoadMask
+    requested = content.load_set if hasattr(content, "load_set") else set(content)
+    if requested != {"model"}:
+        raise UserError(f"ckpt_type {LOAD_TYPE!r} loads only content=('model',), got {sorted(requested)}")
     folder = _local_path(str(load_info["path"]))
     model = ckpt_mm.model
     expected = {name: tensor.shape for name, tensor in model.state_dict().items()}

@@ -1,0 +1,82 @@
+"""The InternEvo plugin in one process: registration, import order, CPU accelerator, traps."""
+
+import subprocess
+import sys
+
+import pytest
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("first, second", [("rethinktiny", "internlm"), ("internlm", "rethinktiny")])
+def test_registered_whichever_is_imported_first(first, second):
+    result = _run_python(
+        f"import {first}, {second}\n"
+        "from internlm.utils.registry import MODEL_INITIALIZER\n"
+        "from internlm.checkpoint.checkpoint_manager import CheckpointLoadMethod\n"
+        "from internlm.accelerator import get_accelerator\n"
+        "print(MODEL_INITIALIZER.has('PANGU_PI_PRO'), MODEL_INITIALIZER.has('PANGU_PI'),\n"
+        "      'inherited' in CheckpointLoadMethod.LOAD_TYPE_FUNC, get_accelerator().get_backend_name())\n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["True", "True", "True", "cpu"]
+
+
+def test_register_twice_is_harmless():
+    result = _run_python("import rethinktiny.internevo as p\np.register(); p.register()\n"
+                         "from internlm.utils.registry import MODEL_INITIALIZER\n"
+                         "print(sorted(k for k in MODEL_INITIALIZER._registry if k.startswith('PANGU')))")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "['PANGU_PI', 'PANGU_PI_PRO']"
+
+
+def test_core_imports_with_internlm_blocked():
+    modules = ["rethinktiny", "rethinktiny.config", "rethinktiny.model", "rethinktiny.checkpoint",
+               "rethinktiny.configfile", "rethinktiny.launcher", "rethinktiny.data.tokenized",
+               "rethinktiny.data.prepare", "rethinktiny.artifacts", "rethinktiny.cli"]
+    import pkgutil
+
+    import rethinktiny
+    for sub in ("vocab", "inherit", "resample", "convert", "arch"):
+        package = __import__(f"rethinktiny.{sub}", fromlist=["_"])
+        modules += [f"rethinktiny.{sub}.{m.name}" for m in pkgutil.iter_modules(package.__path__)]
+    code = ("import sys\nsys.modules['internlm'] = None\n"
+            + "".join(f"import {m}\n" for m in modules)
+            + "assert sys.modules['internlm'] is None\nprint('ok')")
+    result = _run_python(code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert rethinktiny.__version__
+
+
+def test_tcp_init_method_formats_every_address_kind():
+    from rethinktiny.internevo.compat import tcp_init_method
+
+    assert tcp_init_method("127.0.0.1", 29500) == "tcp://127.0.0.1:29500"
+    assert tcp_init_method("node-01", 29500) == "tcp://node-01:29500"
+    assert tcp_init_method("::1", 29500) == "tcp://[::1]:29500"
+    assert tcp_init_method("[fe80::1]", 1) == "tcp://[fe80::1]:1"
+
+
+def test_cpu_accelerator_covers_what_internevo_calls():
+    import torch
+
+    import rethinktiny.internevo as plugin
+    plugin.register()
+    from internlm.accelerator import get_accelerator
+    from internlm.utils.common import get_current_device
+
+    acc = get_accelerator()
+    assert acc.communication_backend_name() == "gloo" and get_current_device() == torch.device("cpu")
+    acc.current_stream().synchronize()
+    state = acc.get_rng_state()
+    a = torch.rand(3)
+    acc.set_rng_state(state)
+    assert torch.equal(a, torch.rand(3))
+    with acc.amp.autocast(dtype=torch.bfloat16):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
