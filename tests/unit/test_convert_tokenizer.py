@@ -1,0 +1,92 @@
+"""The exported HF tokenizer gives SentencePiece's ids: English, Chinese, emoji, whitespace runs,
+leading spaces and the held-out sample."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+from transformers import AutoTokenizer  # noqa: E402
+
+from rethinktiny.checkpoint import save_model_only  # noqa: E402
+from rethinktiny.config import ModelConfig  # noqa: E402
+from rethinktiny.convert.export import to_hf  # noqa: E402
+from rethinktiny.data.prepare import load_sentencepiece, train_tokenizer  # noqa: E402
+from rethinktiny.model import PanGuPi  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls gain nothing from threads, and OpenMP spin-waits make them 20x slower on a
+    shared, busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello, world! It's 2024: 3.14159 x 10^6 tokens.",
+    "今天天气很好，我们去公园散步吧。",
+    "混合 mixed 文本 with English と日本語",
+    "emoji 😀🎉👍🏽 and 🧑‍💻 family 👨‍👩‍👧",
+    "many     spaces\tand\t\ttabs\n\nnew  lines   ",
+    "   leading spaces",
+    " one leading space",
+    "trailing spaces   ",
+    "",
+    " ",
+    "<s> literal specials </s> <unk>",
+    "ÀÉÎÕÜ ﬁ ① ｆｕｌｌｗｉｄｔｈ",
+]
+
+
+def held_out_texts(limit: int = 40) -> list[str]:
+    lines = (REPO / "data/sample/valid.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line)["text"] for line in lines[:limit]]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(SentencePiece model path, HF export folder) for a tiny model with the fixture tokenizer."""
+    root = tmp_path_factory.mktemp("tokexport")
+    sp_path = train_tokenizer(REPO / "data/sample/train.jsonl", root / "tok", vocab_size=2000,
+                              character_coverage=0.995)
+    cfg = ModelConfig(hidden_size=32, num_layers=1, num_attention_heads=2, num_kv_heads=2, intermediate_size=64,
+                      vocab_size=load_sentencepiece(sp_path).get_piece_size())
+    save_model_only(root / "ckpt", PanGuPi(cfg).state_dict(), cfg)
+    to_hf(root / "ckpt", root / "hf", tokenizer=sp_path, progress=False)
+    to_hf(root / "ckpt", root / "hf_bos", tokenizer=sp_path.parent, add_bos_token=True, progress=False)
+    return sp_path, root
+
+
+def test_export_tokenizer_ids_equal_sentencepiece(exported):
+    sp_path, root = exported
+    sp = load_sentencepiece(sp_path)
+    hf = AutoTokenizer.from_pretrained(str(root / "hf"), local_files_only=True)
+    texts = TEXTS + held_out_texts()
+    mismatched = [t for t in texts if hf(t)["input_ids"] != sp.encode(t)]
+    assert not mismatched, f"{len(mismatched)} of {len(texts)} texts differ, e.g. {mismatched[0]!r}"
+    assert hf.decode(sp.encode(TEXTS[2])) == sp.decode(sp.encode(TEXTS[2]))
+
+
+def test_export_config_carries_special_ids(exported):
+    sp_path, root = exported
+    sp = load_sentencepiece(sp_path)
+    config = json.loads((root / "hf" / "config.json").read_text())
+    generation = json.loads((root / "hf" / "generation_config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"]) == (sp.bos_id(), sp.eos_id())
+    assert (generation["bos_token_id"], generation["eos_token_id"]) == (sp.bos_id(), sp.eos_id())
+
+
+def test_add_bos_token_prepends_bos_only(exported):
+    sp_path, root = exported
+    sp = load_sentencepiece(sp_path)
+    hf = AutoTokenizer.from_pretrained(str(root / "hf_bos"), local_files_only=True)
+    for text in TEXTS[:6]:
+        assert hf(text)["input_ids"] == [sp.bos_id()] + sp.encode(text)
