@@ -1,0 +1,39 @@
+"""rethinktiny eval ppl"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+
+    p = sub.add_parser("ppl", help="held-out loss and perplexity on a jsonl text file")
+    p.add_argument("--model", required=True,
+                   help="HF model folder, or InternEvo checkpoint folder (step folder or its parent)")
+    p.add_argument("--data", required=True, help="jsonl file with one document per line")
+    p.add_argument("--config", help="InternEvo config file for a checkpoint without model_config")
+    p.add_argument("--tokenizer", help="SentencePiece model file or folder (default: the model folder's)")
+    p.add_argument("--text-key", default="text")
+    p.add_argument("--seq-len", type=int, default=2048, help="most tokens predicted per window")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    p.add_argument("--max-docs", type=int, default=None, help="score only the first N documents")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--no-bos", action="store_true", help="do not prepend <s> to each document")
+    p.add_argument("--no-eos", action="store_true", help="do not append </s> to each document")
+    p.add_argument("--out", help="also write the result as JSON to this file")
+    p.set_defaults(func=_ppl)
+
+
+def _ppl(args: argparse.Namespace) -> None:
+    from rethinktiny.artifacts import write_json
+    from rethinktiny.evaluate import evaluate_perplexity
+
+    result = evaluate_perplexity(args.model, args.data, config=args.config, tokenizer=args.tokenizer,
+                                 seq_len=args.seq_len, batch_size=args.batch_size, text_key=args.text_key,
+                                 add_bos=not args.no_bos, add_eos=not args.no_eos,
+                                 max_documents=args.max_docs, dtype=args.dtype)
+    print(f"{args.model}: loss {result.loss:.4f}  perplexity {result.perplexity:.3f}  "
+          f"({result.tokens} tokens, {result.documents} documents, {result.form})")
+    if args.out:
+        write_json(args.out, {**result.to_dict(), "model": args.model, "data": args.data})

@@ -1,0 +1,237 @@
+"""Held-out loss and perplexity of a model on a jsonl text file, for either model form:
+a Hugging Face folder (loaded with transformers, offline) or an InternEvo checkpoint (our
+`PanGuPi`). Both forms go through the same tokenization rule and the same scoring loop, so an
+export and its source give the same number.
+
+Rule: each document is `<s> + tokens + </s>` (as `data tokenize` writes training data), cut into
+windows of at most `seq_len` predicted tokens; window k starts where window k-1 ended (one token
+of overlap, no extra context), so every token after <s> is predicted exactly once. Loss is the
+mean next-token negative log-likelihood over all predicted tokens; perplexity is exp(loss).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from rethinktiny.config import ModelConfig
+from rethinktiny.errors import UserError
+
+IGNORE = -100
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class EvalModel:
+    """What scoring needs from a model: logits for [B, S] ids, and its text -> ids rule."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    encode: Callable[[list[str]], list[list[int]]]
+    bos: int | None
+    eos: int | None
+    form: str
+
+
+@dataclass
+class PerplexityResult:
+    loss: float
+    perplexity: float
+    tokens: int
+    documents: int
+    windows: int
+    form: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise UserError(f"--dtype: unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def sentencepiece_encoder(path: str | os.PathLike, vocab_size: int) -> tuple[Callable, int | None, int | None]:
+    """(encode, bos, eos) of a SentencePiece model whose piece count must equal `vocab_size`."""
+    from rethinktiny.data.prepare import load_sentencepiece
+
+    processor = load_sentencepiece(path)
+    if processor.get_piece_size() != vocab_size:
+        raise UserError(f"{path}: tokenizer has {processor.get_piece_size()} pieces but the model's "
+                        f"vocab_size is {vocab_size}")
+
+    def special(value: int) -> int | None:
+        return value if value >= 0 else None
+
+    return (lambda texts: processor.encode(texts)), special(processor.bos_id()), special(processor.eos_id())
+
+
+def hf_encoder(folder: Path, vocab_size: int) -> tuple[Callable, int | None, int | None]:
+    """(encode, bos, eos) of the HF tokenizer in `folder`, without the tokenizer's own specials
+    (the scoring rule adds <s>/</s> itself)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{folder}: cannot load a Hugging Face tokenizer ({err}); pass --tokenizer") from None
+    if len(tokenizer) > vocab_size:
+        raise UserError(f"{folder}: tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab_size}")
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    return encode, tokenizer.bos_token_id, tokenizer.eos_token_id
+
+
+def load_hf_model(folder: Path, tokenizer: str | os.PathLike | None, dtype: str) -> EvalModel:
+    """An HF causal LM folder (local files only; no remote code)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=_dtype(dtype))
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"{folder}: cannot load as a Hugging Face causal LM ({err})") from None
+    model.eval()
+    vocab = model.config.vocab_size
+    encode, bos, eos = (sentencepiece_encoder(tokenizer, vocab) if tokenizer is not None
+                        else hf_encoder(folder, vocab))
+    return EvalModel(lambda ids: model(input_ids=ids, use_cache=False).logits, encode, bos, eos, "huggingface")
+
+
+def _default_tokenizer(path: Path, step_folder: Path) -> Path:
+    """tokenizer.model next to the weights (from-hf puts it there) or in the folder given."""
+    for folder in (step_folder, path):
+        if (folder / "tokenizer.model").is_file():
+            return folder / "tokenizer.model"
+    raise UserError(f"{path}: no tokenizer.model next to the checkpoint; pass --tokenizer")
+
+
+def load_internevo_model(path: Path, config: ModelConfig | str | os.PathLike | None,
+                         tokenizer: str | os.PathLike | None, dtype: str) -> EvalModel:
+    """An InternEvo checkpoint (any tp/pp layout) as our `PanGuPi`."""
+    from rethinktiny.checkpoint import check_state_dict
+    from rethinktiny.convert.export import open_checkpoint
+    from rethinktiny.model import PanGuPi
+
+    ckpt = open_checkpoint(path, config)
+    cfg = ckpt.config
+    state = {k: v for k, v in ckpt.state_dict().items() if not k.endswith("rotary_emb.inv_freq")}
+    if cfg.tie_embeddings and "output.weight" not in state:
+        state["output.weight"] = state.get("tok_embeddings.weight")
+    model = PanGuPi(cfg)
+    check_state_dict(state, {k: v.shape for k, v in model.state_dict().items()}, str(ckpt.folder))
+    model.load_state_dict(state, strict=True)
+    model.to(_dtype(dtype)).eval()
+    sp_path = tokenizer if tokenizer is not None else _default_tokenizer(path, ckpt.folder)
+    encode, bos, eos = sentencepiece_encoder(sp_path, cfg.vocab_size)
+    return EvalModel(model, encode, bos, eos, "internevo")
+
+
+def load_eval_model(model: str | os.PathLike, config: ModelConfig | str | os.PathLike | None = None,
+                    tokenizer: str | os.PathLike | None = None, dtype: str = "float32") -> EvalModel:
+    """An HF folder (has config.json) or an InternEvo checkpoint folder, ready to score.
+
+    Args:
+        model: HF model folder, or InternEvo step folder / save folder (latest step).
+        config: InternEvo form only: ModelConfig or InternEvo config file (default: the
+            checkpoint's model_config.json / model_config.pt).
+        tokenizer: SentencePiece model file or folder (default: the HF folder's tokenizer, or
+            tokenizer.model next to an InternEvo checkpoint).
+        dtype: float32, bfloat16 or float16.
+    """
+    path = Path(model)
+    if not path.is_dir():
+        raise UserError(f"{path}: model folder not found")
+    if (path / "config.json").is_file():
+        if config is not None:
+            raise UserError(f"--config: {path} is a Hugging Face folder, its config.json is used")
+        return load_hf_model(path, tokenizer, dtype)
+    return load_internevo_model(path, config, tokenizer, dtype)
+
+
+def document_windows(ids: list[int], seq_len: int) -> list[list[int]]:
+    """Windows of at most seq_len + 1 ids, overlapping by one, so each id after the first is a
+    target exactly once."""
+    return [ids[start:start + seq_len + 1] for start in range(0, len(ids) - 1, seq_len)]
+
+
+def score_windows(forward: Callable[[torch.Tensor], torch.Tensor], windows: list[list[int]],
+                  batch_size: int, progress: bool = True) -> tuple[float, int]:
+    """(sum of next-token NLL, number of predicted tokens) over `windows`.
+
+    Windows are batched by length and right-padded; causal attention means padding at the end
+    never changes the logits of real positions, and padded targets are ignored.
+    """
+    order = sorted(range(len(windows)), key=lambda i: -len(windows[i]))
+    total, count = 0.0, 0
+    with torch.no_grad(), tqdm(total=len(windows), desc="eval ppl", unit="window", disable=not progress) as bar:
+        for start in range(0, len(order), batch_size):
+            batch = [windows[i] for i in order[start:start + batch_size]]
+            width = len(batch[0]) - 1
+            inputs = torch.zeros(len(batch), width, dtype=torch.long)
+            targets = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+            for row, window in enumerate(batch):
+                inputs[row, :len(window) - 1] = torch.tensor(window[:-1])
+                targets[row, :len(window) - 1] = torch.tensor(window[1:])
+            logits = forward(inputs).float()
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                     ignore_index=IGNORE, reduction="sum").item()
+            count += int((targets != IGNORE).sum())
+            bar.update(len(batch))
+    return total, count
+
+
+def tokenize_documents(model: EvalModel, texts: list[str], add_bos: bool, add_eos: bool,
+                       batch_docs: int = 256) -> list[list[int]]:
+    """Each text as [<s>] + ids + [</s>] with the model's own tokenizer."""
+    bos = [model.bos] if add_bos and model.bos is not None else []
+    eos = [model.eos] if add_eos and model.eos is not None else []
+    documents = []
+    for start in range(0, len(texts), batch_docs):
+        documents.extend(bos + ids + eos for ids in model.encode(texts[start:start + batch_docs]))
+    return documents
+
+
+def evaluate_perplexity(model: str | os.PathLike, data: str | os.PathLike,
+                        config: ModelConfig | str | os.PathLike | None = None,
+                        tokenizer: str | os.PathLike | None = None, seq_len: int = 2048, batch_size: int = 4,
+                        text_key: str = "text", add_bos: bool = True, add_eos: bool = True,
+                        max_documents: int | None = None, dtype: str = "float32",
+                        progress: bool = True) -> PerplexityResult:
+    """Held-out loss and perplexity of an HF folder or InternEvo checkpoint on a jsonl file.
+
+    Args:
+        model: HF model folder or InternEvo checkpoint folder (see `load_eval_model`).
+        data: jsonl file with a `text_key` field per line.
+        config: InternEvo form: ModelConfig or InternEvo config file.
+        tokenizer: SentencePiece model file or folder (see `load_eval_model`).
+        seq_len: most tokens predicted per window.
+        batch_size: windows per forward pass.
+        add_bos, add_eos: wrap each document in <s> ... </s> (as the training data is).
+        max_documents: score only the first N documents.
+        dtype: model dtype (float32, bfloat16, float16); the loss is computed in float32.
+    """
+    from rethinktiny.data.prepare import iter_jsonl_texts
+
+    if seq_len < 1 or batch_size < 1:
+        raise UserError("--seq-len and --batch-size must be positive")
+    texts = [text for _, text in iter_jsonl_texts(data, text_key, None)][:max_documents]
+    if not texts:
+        raise UserError(f"{data}: no documents")
+    loaded = load_eval_model(model, config, tokenizer, dtype)
+    documents = tokenize_documents(loaded, texts, add_bos, add_eos)
+    windows = [w for ids in documents for w in document_windows(ids, seq_len)]
+    if not windows:
+        raise UserError(f"{data}: no document has two or more tokens to score")
+    total, count = score_windows(loaded.forward, windows, batch_size, progress)
+    loss = total / count
+    return PerplexityResult(loss=loss, perplexity=math.exp(min(loss, 700.0)), tokens=count,
+                            documents=len(documents), windows=len(windows), form=loaded.form)
