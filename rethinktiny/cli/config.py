@@ -1,0 +1,60 @@
+"""rethinktiny config export | show"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from rethinktiny.configexport import TrainOptions
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    p = sub.add_parser("export", help="write a complete, commented InternEvo config file for a preset")
+    p.add_argument("--preset", default="pangu_pi_1b_pro", help="model preset (see `rethinktiny config show`)")
+    p.add_argument("--vocab-size", type=int, help="override the preset's vocabulary (e.g. a pruned tokenizer's)")
+    p.add_argument("--inherit", help="a `rethinktiny inherit` folder: start from its weights (and take its shape)")
+    p.add_argument("--resample", help="a `rethinktiny resample` folder: train on its selected batches")
+    p.add_argument("--dst", help="output .py file (default: print to stdout)")
+    defaults = TrainOptions()
+    for name in ("seq_len", "micro_num", "micro_bsz", "total_steps", "zero1_size", "checkpoint_every"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--dtype", default=defaults.dtype)
+    p.add_argument("--train-folder", default=None)
+    p.add_argument("--valid-folder", default=None)
+    p.add_argument("--save-ckpt-folder", default=defaults.save_ckpt_folder)
+    p.add_argument("--job-name", default=None)
+    p.add_argument("--force", action="store_true", help="replace an existing --dst")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("show", help="list the presets with their shapes and parameter counts")
+    p.set_defaults(func=_show)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from rethinktiny.checkpoint import read_model_config
+    from rethinktiny.config import get_preset
+    from rethinktiny.configexport import export_config, render_config
+
+    cfg = read_model_config(args.inherit) if args.inherit else get_preset(args.preset)
+    if args.vocab_size:
+        cfg = cfg.replace(vocab_size=args.vocab_size)
+    opts = TrainOptions(
+        job_name=args.job_name or cfg.name, seq_len=args.seq_len, micro_num=args.micro_num, micro_bsz=args.micro_bsz,
+        total_steps=args.total_steps, lr=args.lr, dtype=args.dtype, zero1_size=args.zero1_size,
+        checkpoint_every=args.checkpoint_every, train_folder=args.train_folder, valid_folder=args.valid_folder,
+        save_ckpt_folder=args.save_ckpt_folder, inherit=args.inherit, resample=args.resample)
+    command = "rethinktiny config export " + " ".join(shlex.quote(a) for a in sys.argv[3:]) if len(sys.argv) > 3 else None
+    if args.dst:
+        print(f"wrote {export_config(args.dst, cfg=cfg, opts=opts, force=args.force, command=command)}")
+    else:
+        print(render_config(cfg, opts, command), end="")
+
+
+def _show(_args: argparse.Namespace) -> None:
+    from rethinktiny.config import PRESETS, describe
+
+    for cfg in PRESETS.values():
+        print(describe(cfg))

@@ -1,0 +1,213 @@
+"""Write complete, commented InternEvo config files for a model shape, so nobody edits 200 lines
+by hand. `render_config` is the one template; `configs/LLM1B.py` and `configs/LLM1.5B.py` are its
+output for the two presets (regenerate them with the command in their header)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rethinktiny.artifacts import check_writable, write_file_atomic
+from rethinktiny.config import ModelConfig, get_preset, to_internevo
+from rethinktiny.errors import UserError
+
+
+@dataclass
+class TrainOptions:
+    """The non-model part of a config; defaults are the seed's LLM1B.py values (GPU cluster)."""
+
+    job_name: str = "1b_train"
+    seq_len: int = 2048
+    micro_num: int = 2
+    micro_bsz: int = 15
+    total_steps: int = 50000
+    lr: float = 1e-4
+    min_lr: float = 1e-5
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.1
+    dtype: str = "torch.bfloat16"
+    zero1_size: int = 8
+    checkpoint_every: int = 50
+    valid_every: int = 1000
+    min_length: int = 50
+    train_folder: str | None = None
+    valid_folder: str | None = None
+    save_ckpt_folder: str = "local:llm_ckpts"
+    inherit: str | None = None  # a `rethinktiny inherit` output folder to start from
+    resample: str | None = None  # a `rethinktiny resample` output folder to train on
+    extra_comments: list[str] = field(default_factory=list)
+
+
+def _literal(value) -> str:
+    return "None" if value is None else repr(value)
+
+
+def _model_block(cfg: ModelConfig, opts: TrainOptions) -> str:
+    shape = to_internevo(cfg)
+    lines = [f"    {key}={_literal(value)}," for key, value in shape.items() if key != "mlp_ratio"]
+    return "\n".join(lines)
+
+
+def _ckpt_block(opts: TrainOptions) -> str:
+    if opts.inherit:
+        load = (f"    # start from weights inherited from a larger model (`rethinktiny inherit`); the\n"
+                f"    # \"inherited\" type checks every name and shape against this model first.\n"
+                f"    load_ckpt_info=dict(path={opts.inherit!r}, content=(\"model\",), ckpt_type=\"inherited\"),\n"
+                f"    auto_resume=False,")
+    else:
+        load = ("    # to start from other weights: load_ckpt_info=dict(path=FOLDER, content=(\"model\",),\n"
+                "    #     ckpt_type=\"internevo\" (an InternEvo step folder) or \"inherited\" (`rethinktiny inherit`)),\n"
+                "    # and auto_resume=False.\n"
+                "    # auto_resume=True continues from the latest step in save_ckpt_folder after a restart.\n"
+                "    auto_resume=True,")
+    return load
+
+
+def _sampler_lines(opts: TrainOptions) -> str:
+    if not opts.resample:
+        return ""
+    return ("    # multi-round training: train on the batches `rethinktiny resample` selected, read\n"
+            "    # straight from the original data (no copy).\n"
+            "    sampler=\"multi_round\",\n"
+            f"    selected_batches={str(Path(opts.resample) / 'selected.npy')!r},\n")
+
+
+def render_config(cfg: ModelConfig, opts: TrainOptions | None = None, command: str | None = None) -> str:
+    """The text of a complete InternEvo config file training `cfg` with `opts`."""
+    opts = opts or TrainOptions()
+    header = [f"# InternEvo config for {cfg.name}: {cfg.num_layers} layers x {cfg.hidden_size}, "
+              f"{cfg.num_attention_heads} heads ({cfg.num_kv_heads} kv), FFN {cfg.intermediate_size}, "
+              f"vocabulary {cfg.vocab_size}, {cfg.num_params() / 1e9:.3f}B parameters "
+              f"({100 * cfg.embedding_share():.1f}% embedding + head).",
+              "#   python start_finetune.py --config THIS_FILE            (torchrun on this node)",
+              "#   python start_finetune.py --config THIS_FILE --launcher slurm   (inside an sbatch job)"]
+    if command:
+        header.append(f"# Written by: {command}")
+    header += [f"# {line}" for line in opts.extra_comments]
+    return TEMPLATE.format(
+        header="\n".join(header), job_name=opts.job_name, model_type=cfg.model_type, seq_len=opts.seq_len,
+        train_folder=_literal(opts.train_folder), valid_folder=_literal(opts.valid_folder),
+        save_ckpt_folder=opts.save_ckpt_folder, checkpoint_every=opts.checkpoint_every,
+        ckpt_load=_ckpt_block(opts), micro_num=opts.micro_num, micro_bsz=opts.micro_bsz,
+        valid_every=opts.valid_every, total_steps=opts.total_steps, min_length=opts.min_length,
+        sampler=_sampler_lines(opts), lr=opts.lr, weight_decay=opts.weight_decay, warmup_ratio=opts.warmup_ratio,
+        min_lr=opts.min_lr, model=_model_block(cfg, opts), preset=cfg.name, dtype=opts.dtype,
+        zero1_size=opts.zero1_size)
+
+
+def export_config(dst: str | Path, preset: str | None = None, cfg: ModelConfig | None = None,
+                  opts: TrainOptions | None = None, force: bool = False, command: str | None = None) -> Path:
+    """Write `render_config` output to `dst` (atomically; an existing file needs `force`)."""
+    if cfg is None:
+        if preset is None:
+            raise UserError("config export: give a preset or a model config")
+        cfg = get_preset(preset)
+    check_writable(dst, force)
+    return write_file_atomic(dst, render_config(cfg, opts, command))
+
+
+TEMPLATE = '''{header}
+import rethinktiny  # noqa: F401  registers PANGU_PI_PRO/PANGU_PI, the "inherited" load type, the multi-round sampler
+
+JOB_NAME = "{job_name}"
+model_type = "{model_type}"
+
+SEQ_LEN = {seq_len}
+TRAIN_FOLDER = {train_folder}  # InternEvo tokenized data: <folder>/<type>/*.bin + .bin.meta; None = random data
+VALID_FOLDER = {valid_folder}
+# storage prefix "local:" for a file system path (InternEvo also knows boto3:, oss2:, volc:)
+SAVE_CKPT_FOLDER = "{save_ckpt_folder}"
+CHECKPOINT_EVERY = {checkpoint_every}
+
+ckpt = dict(
+    enable_save_ckpt=True,
+    save_ckpt_folder=SAVE_CKPT_FOLDER,
+    checkpoint_every=CHECKPOINT_EVERY,
+    oss_snapshot_freq=int(CHECKPOINT_EVERY / 2),  # snapshot checkpoints (object storage only)
+{ckpt_load}
+    async_upload=True,  # only has an effect for boto3 storage
+    async_upload_tmp_folder="/dev/shm/internlm_tmp_ckpt/",
+)
+
+data = dict(
+    seq_len=SEQ_LEN,
+    micro_num={micro_num},  # micro-batches per optimizer step (gradient accumulation)
+    micro_bsz={micro_bsz},  # sequences packed into one micro-batch: packed_length = micro_bsz * seq_len
+    valid_micro_num=1,
+    valid_every={valid_every},  # 0 disables validation
+    pack_sample_into_one=False,
+    total_steps={total_steps},
+    skip_batches="",
+    rampup_batch_size="",
+    min_length={min_length},  # documents shorter than this many tokens are dropped
+    train_folder=TRAIN_FOLDER,
+    valid_folder=VALID_FOLDER,
+    empty_cache_and_diag_interval=10000,
+    diag_outlier_ratio=1.1,
+{sampler})
+
+grad_scaler = dict(
+    fp16=dict(initial_scale=2**16, min_scale=1, growth_interval=1000),
+    growth_factor=2,
+    backoff_factor=0.5,
+    max_scale=2**24,
+    hysteresis=2,
+)
+
+hybrid_zero_optimizer = dict(
+    overlap_sync_grad=True,
+    overlap_sync_param=True,
+    reduce_bucket_size=512 * 1024 * 1024,
+    clip_grad_norm=1.0,
+)
+
+loss = dict(label_smoothing=0)
+
+adam = dict(lr={lr}, adam_beta1=0.9, adam_beta2=0.95, adam_beta2_c=0, adam_eps=1e-8, weight_decay={weight_decay})
+
+lr_scheduler = dict(
+    total_steps=data["total_steps"],
+    init_steps=0,
+    warmup_ratio={warmup_ratio},
+    eta_min={min_lr},
+    last_epoch=-1,
+)
+
+beta2_scheduler = dict(init_beta2=adam["adam_beta2"], c=adam["adam_beta2_c"], cur_iter=-1)
+
+model = dict(
+    preset="{preset}",
+{model}
+    checkpoint=False,  # activation checkpointing: True/False or the share of layers in [0, 1]
+    dtype="{dtype}",  # "torch.bfloat16", "torch.float16", "torch.float32", "torch.tf32"
+    embed_split_hidden=True,
+    embed_grad_scale=1,
+    parallel_output=False,
+    norm_type="rmsnorm",
+    # InternEvo ties packed data to this flag. rethinktiny's model keeps attention inside each
+    # document of a packed row: flash-attn's varlen kernel when installed, torch SDPA otherwise.
+    use_flash_attn=True,
+    num_chunks=1,
+)
+
+# rethinktiny's models are replicated and ZeRO-1 sharded (tensor/pipeline parallel stay at 1).
+parallel = dict(
+    zero1=dict(size={zero1_size}, fsdp=False),  # <=0: shard optimizer states over all data-parallel ranks
+    tensor=dict(size=1, mode="mtp"),
+    pipeline=dict(size=1, interleaved_overlap=True),
+    weight=dict(size=1, overlap=True, memory_pool=True),
+)
+
+cudnn_deterministic = False
+cudnn_benchmark = False
+
+monitor = dict(
+    alert=dict(
+        enable_feishu_alert=False,
+        feishu_alert_address=None,
+        light_monitor_address=None,
+        alert_file_path=f"llm_alter/{{JOB_NAME}}_alert.log",
+    ),
+    tensorboard=dict(queue_max_length=10),
+)
+'''

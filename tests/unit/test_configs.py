@@ -1,0 +1,82 @@
+"""configs/*.py and `rethinktiny config export`: InternEvo's own parser reads them, they build their
+model (the 1B/1.5B shapes on the meta device), and an exported file round-trips to its ModelConfig."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rethinktiny.config import get_preset
+from rethinktiny.configexport import TrainOptions, export_config, render_config
+from rethinktiny.configfile import apply_overrides, load_config_file, model_config_from_file
+from rethinktiny.errors import UserError
+from rethinktiny.model import PanGuPi
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((REPO / "configs").glob("*.py"))
+
+
+def test_internevo_parser_alone_registers_our_model_type():
+    """A process that never imports rethinktiny: InternEvo's Config.from_file runs the config,
+    which registers PANGU_PI_PRO itself, and leaves no module/function in the config namespace."""
+    code = ("import sys\n"
+            "from internlm.core.context import Config\n"
+            "assert 'rethinktiny' not in sys.modules\n"
+            f"cfg = Config.from_file({str(REPO / 'configs' / 'LLM1B.py')!r})\n"
+            "from internlm.utils.registry import MODEL_INITIALIZER\n"
+            "import types\n"
+            "bad = [k for k, v in cfg.items() if isinstance(v, (types.ModuleType, types.FunctionType, type))]\n"
+            "print(MODEL_INITIALIZER.has(cfg.model_type), bad)\n")
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[0] == "True []"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_config_builds_its_model_on_meta(path):
+    cfg = model_config_from_file(path)
+    with torch.device("meta"):
+        model = PanGuPi(cfg)
+    assert sum(p.numel() for p in model.parameters()) == cfg.num_params()
+
+
+def test_presets_in_configs():
+    assert model_config_from_file(REPO / "configs" / "LLM1B.py") == get_preset("pangu_pi_1b_pro")
+    assert model_config_from_file(REPO / "configs" / "LLM1.5B.py") == get_preset("pangu_pi_1.5b_pro")
+    assert load_config_file(REPO / "configs" / "LLM1B.py")["data"]["seq_len"] == 2048
+
+
+@pytest.mark.parametrize("preset", ["pangu_pi_1b_pro", "pangu_pi_7b", "tiny"])
+def test_export_round_trip(tmp_path, preset):
+    cfg = get_preset(preset).replace(vocab_size=12345)
+    path = export_config(tmp_path / "c.py", cfg=cfg, opts=TrainOptions(inherit="/ckpt/inherited", resample="/r"))
+    assert model_config_from_file(path) == cfg
+    loaded = load_config_file(path)
+    assert loaded["ckpt"]["load_ckpt_info"] == dict(path="/ckpt/inherited", content=("model",), ckpt_type="inherited")
+    assert loaded["data"]["sampler"] == "multi_round" and loaded["data"]["selected_batches"] == "/r/selected.npy"
+    with pytest.raises(UserError, match="output exists"):
+        export_config(path, cfg=cfg)
+
+
+def test_bad_configs_fail_at_load(tmp_path):
+    text = render_config(get_preset("tiny"))
+    bad_heads = tmp_path / "bad_heads.py"
+    bad_heads.write_text(text.replace("num_attention_heads=4,", "num_attention_heads=3,"))
+    with pytest.raises(UserError, match="not divisible by num_attention_heads 3"):
+        model_config_from_file(bad_heads)
+    bad_preset = tmp_path / "bad_preset.py"
+    bad_preset.write_text(text.replace('preset="tiny"', 'preset="pangu_pi_3b"'))
+    with pytest.raises(UserError, match="unknown preset 'pangu_pi_3b'"):
+        model_config_from_file(bad_preset)
+
+
+def test_overrides():
+    config = {"data": {"total_steps": 5}, "model": {}}
+    apply_overrides(config, ["data.total_steps=40", "model.dtype=torch.float32", "ckpt_note='x'"])
+    assert config["data"]["total_steps"] == 40 and config["model"]["dtype"] == "torch.float32"
+    with pytest.raises(UserError, match="no 'nope'"):
+        apply_overrides(config, ["nope.x=1"])
+    with pytest.raises(UserError, match="expected KEY=VALUE"):
+        apply_overrides(config, ["data.total_steps"])
