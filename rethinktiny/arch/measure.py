@@ -1,0 +1,177 @@
+"""Measured prefill and decode speed of a shape: random weights, real forward passes of `PanGuPi`.
+
+Batch 1, greedy decoding through the project's `KVCache`, the same path `generate` takes. One
+warm-up prefill and a few warm-up decode steps run first on a separate cache (allocator, kernel
+selection and lazy initialisation are not what we want to time); then one timed prefill of
+`prompt_len` tokens and `decode_steps` timed decode steps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from rethinktiny.config import ModelConfig
+from rethinktiny.errors import UserError
+from rethinktiny.model import KVCache, PanGuPi
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Tokens per second of one timed prefill and of the timed decode steps (batch 1)."""
+
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+
+
+def resolve_device(name: str) -> torch.device:
+    """`cpu` or `cuda` (refused with a UserError when no GPU is visible)."""
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"--measure: expected cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--measure cuda: no CUDA device is available to torch")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """A weight dtype by name; fp16 on CPU is refused (most CPU kernels lack it)."""
+    if name not in TORCH_DTYPES:
+        raise UserError(f"--measure-dtype: expected one of {sorted(TORCH_DTYPES)}, got {name!r}")
+    if name == "fp16" and device.type == "cpu":
+        raise UserError("--measure-dtype fp16 is not supported on CPU; use fp32 or bf16")
+    return TORCH_DTYPES[name]
+
+
+def random_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int = 0,
+                 std: float = 0.02) -> PanGuPi:
+    """A PanGuPi with random N(0, std) weights, allocated directly in `dtype` on `device`.
+
+    Built on the meta device so a bf16 model never exists in fp32 (halves peak memory). The
+    weights tile one seeded random block instead of drawing every element: drawing 1B normals
+    on a small CPU takes longer than the measurement itself, and matmul speed does not depend
+    on the values (they are normal-sized floats either way, no denormals, no zeros to skip).
+    """
+    with torch.device("meta"):
+        model = PanGuPi(cfg)
+    model = model.to(dtype).to_empty(device=device)
+    if cfg.tie_embeddings:  # to_empty allocates each module's parameters separately
+        model.output.weight = model.tok_embeddings.weight
+    generator = torch.Generator().manual_seed(seed)
+    size = min(_TILE, max(p.numel() for p in model.parameters()))
+    block = (torch.randn(size, generator=generator) * std).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name.split(".")[-2]:
+                param.fill_(1.0)
+            else:
+                _tile_fill(param, block)
+    return model.eval()
+
+
+_TILE = (1 << 20) - 3  # not a power of two, so rows of a weight do not all start alike
+
+
+def _tile_fill(param: torch.Tensor, block: torch.Tensor) -> None:
+    """Fill `param` with `block` repeated (and cut) to its number of elements."""
+    flat = param.view(-1)
+    whole, rest = divmod(flat.numel(), block.numel())
+    if whole:
+        flat[:whole * block.numel()].view(whole, -1).copy_(block.expand(whole, -1))
+    if rest:
+        flat[whole * block.numel():].copy_(block[:rest])
+
+
+def check_lengths(prompt_len: int, decode_steps: int, warmup_steps: int) -> None:
+    """Refuse timing lengths that measure nothing."""
+    for flag, value, least in (("--prompt-len", prompt_len, 1), ("--decode-steps", decode_steps, 1),
+                               ("--warmup-steps", warmup_steps, 0)):
+        if value < least:
+            raise UserError(f"{flag} must be at least {least}, got {value}")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _prefill_and_decode(model: PanGuPi, prompt: torch.Tensor, steps: int) -> tuple[float, float]:
+    """Seconds of the prefill and of `steps` greedy decode steps on a fresh cache."""
+    device = prompt.device
+    dtype = next(model.parameters()).dtype
+    cache = KVCache(model.cfg, 1, prompt.shape[1] + steps, device=device, dtype=dtype)
+    _sync(device)
+    start = time.perf_counter()
+    logits = model(prompt, cache=cache)
+    next_id = logits[:, -1].argmax(-1, keepdim=True)
+    _sync(device)
+    prefill_done = time.perf_counter()
+    for _ in range(steps):
+        logits = model(next_id, cache=cache)
+        next_id = logits[:, -1].argmax(-1, keepdim=True)
+    _sync(device)
+    return prefill_done - start, time.perf_counter() - prefill_done
+
+
+@torch.inference_mode()
+def measure_model(model: PanGuPi, prompt_len: int = 32, decode_steps: int = 8, warmup_steps: int = 2,
+                  seed: int = 0) -> Speed:
+    """Time one prefill and `decode_steps` decode steps of an existing model (batch 1).
+
+    Args:
+        model: the model, already on its device and dtype.
+        prompt_len: prompt tokens of the timed prefill.
+        decode_steps: timed decode steps (tokens generated after the prompt).
+        warmup_steps: untimed decode steps after an untimed prefill, before timing.
+        seed: seed of the random prompt ids.
+    """
+    check_lengths(prompt_len, decode_steps, warmup_steps)
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, model.cfg.vocab_size, (1, prompt_len), generator=generator).to(device)
+    _prefill_and_decode(model, prompt, warmup_steps)
+    prefill_s, decode_s = _prefill_and_decode(model, prompt, decode_steps)
+    return Speed(prefill_tokens_per_s=prompt_len / prefill_s, decode_tokens_per_s=decode_steps / decode_s)
+
+
+def measure_speed(cfg: ModelConfig, device: str = "cpu", dtype: str = "fp32", prompt_len: int = 32,
+                  decode_steps: int = 8, warmup_steps: int = 2, seed: int = 0) -> Speed:
+    """Build a random model of `cfg` and time it; the model is freed before returning.
+
+    Args:
+        cfg: the shape.
+        device: `cpu` or `cuda`.
+        dtype: weight and cache dtype name (`fp32`, `bf16`, `fp16` on CUDA only).
+        prompt_len, decode_steps, warmup_steps, seed: see `measure_model`.
+    """
+    torch_device = resolve_device(device)
+    check_lengths(prompt_len, decode_steps, warmup_steps)
+    model = random_model(cfg, torch_device, resolve_dtype(dtype, torch_device), seed)
+    try:
+        return measure_model(model, prompt_len, decode_steps, warmup_steps, seed)
+    finally:
+        del model
+        if torch_device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def measure_rows(rows: list, device: str = "cpu", dtype: str = "fp32", prompt_len: int = 32,
+                 decode_steps: int = 8, warmup_steps: int = 2, seed: int = 0) -> None:
+    """Fill `prefill_tokens_per_s` / `decode_tokens_per_s` of each sweep `Row` in place.
+
+    Args:
+        rows: `rethinktiny.arch.sweep.Row` objects; one model at a time is built and freed.
+        device, dtype, prompt_len, decode_steps, warmup_steps, seed: see `measure_speed`.
+    """
+    from tqdm import tqdm
+
+    # Fail on bad flags before the first model is built.
+    resolve_dtype(dtype, resolve_device(device))
+    check_lengths(prompt_len, decode_steps, warmup_steps)
+    for row in tqdm(rows, desc=f"measuring on {device} ({dtype})", unit="shape"):
+        speed = measure_speed(row.cfg, device, dtype, prompt_len, decode_steps, warmup_steps, seed)
+        row.prefill_tokens_per_s = speed.prefill_tokens_per_s
+        row.decode_tokens_per_s = speed.decode_tokens_per_s
