@@ -2,6 +2,9 @@
 
 - `ParallelContext.init_global_dist` builds `tcp://[host]:port`; Python's URL parser rejects a
   bracketed IPv4 address or host name, so any IPv4 master fails. We format the address by kind.
+- its slurm launch path never passes the accelerator's backend down, so it asks for nccl even
+  on a CPU accelerator. The process group uses the accelerator's backend here, as the torch
+  launch path does.
 - `initialize_model` broadcasts parameters in place with grad mode on; c10d ops have no autograd
   kernel, so torch warns at the first backward. The broadcasts run under `torch.no_grad()` here.
 - torch >= 2.6 loads with `weights_only=True` by default; InternEvo's optimizer/sampler states
@@ -15,6 +18,7 @@ import ipaddress
 
 import torch
 import torch.distributed as dist
+from internlm.accelerator import get_accelerator
 from internlm.core.context import parallel_context
 from internlm.core.context.parallel_context import ParallelContext, ParallelMode
 
@@ -31,6 +35,7 @@ def tcp_init_method(host: str, port: int) -> str:
 def _init_global_dist(self: ParallelContext, rank: int, world_size: int, backend: str, host: str, port: int,
                       use_cpu: bool = False) -> None:
     # Same steps as InternEvo 0.4.9's method, with a valid init_method for IPv4 and host names.
+    backend = get_accelerator().communication_backend_name()
     dist.init_process_group(rank=rank, world_size=world_size, backend=backend,
                             init_method=tcp_init_method(host, port), timeout=parallel_context.LLM_NCCL_TIMEOUT)
     ranks = list(range(world_size))

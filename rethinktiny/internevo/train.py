@@ -184,6 +184,12 @@ def _check_data_folder(folder: str | None) -> None:
     require_bin_files(folder)
 
 
+def _rank() -> str:
+    if dist.is_initialized():
+        return str(dist.get_rank())
+    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "?"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # InternEvo asks its DataLoader for pinned memory, which means nothing without a GPU.
@@ -204,11 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         args_sanity_check()
         run(args.config, args.overrides)
     except UserError as err:
-        rank = dist.get_rank() if dist.is_initialized() else os.environ.get("RANK", "?")
+        rank = _rank()
         print(f"[rethinktiny] rank {rank}: error: {err}", file=sys.stderr, flush=True)
         return 2
     except Exception:  # noqa: BLE001 - every failure must reach the exit code, with its rank
-        rank = dist.get_rank() if dist.is_initialized() else os.environ.get("RANK", "?")
+        rank = _rank()
         print(f"[rethinktiny] rank {rank} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
         return 1
     finally:
