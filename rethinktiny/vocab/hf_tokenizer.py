@@ -6,29 +6,36 @@ plain `LlamaTokenizer(vocab_file=...)`, or a folder holding only `tokenizer.mode
 SentencePiece on essentially every English/Chinese document. So we write `tokenizer.json` ourselves,
 translating the model's *own* settings:
 
-* normalizer: the precompiled normalization rule (`nmt_nfkc` etc.; nothing for `identity`), then
-  `remove_extra_whitespaces` (collapse runs of spaces, strip both ends), spaces -> "▁", and the dummy
-  prefix "▁" — applied to the whole text once, as SentencePiece does.
+* normalizer: the model's normalization rule (for the NFKC family: NFKC plus the characters
+  SentencePiece maps differently, see `charsmap.py`; nothing for `identity`), then
+  `remove_extra_whitespaces` (collapse runs of spaces, strip both ends), spaces -> "▁", and the
+  dummy prefix "▁" — applied to the whole text once, as SentencePiece does.
 * model: BPE over every piece with byte fallback. SentencePiece merges the adjacent pair whose
-  concatenation is the highest-scoring piece; Hugging Face BPE applies the lowest-ranked merge. So the
-  merge list holds every split (a, b) of every piece p = a + b with a and b pieces, ranked by p's
-  score (ties: lower piece id first, then the shorter left part).
+  concatenation is the highest-scoring piece; Hugging Face BPE applies the lowest-ranked merge. So
+  the merge list holds every split (a, b) of every piece p = a + b with a and b pieces, ranked by
+  p's score (ties: lower piece id first, then the shorter left part).
 * user-defined pieces are never split and never merged with neighbours. Without a dummy prefix or
   whitespace removal they are added tokens matched in the raw text (as SentencePiece's normalizer
-  matches them). With either setting the text must be normalized as a whole first, so they are
-  split out after normalization by a pre-tokenizer and found whole by the BPE model
-  (`ignore_merges`), which is exact unless a stretch between two user-defined pieces is itself the
-  literal text of a control or byte piece (e.g. "<s>") or of a piece SentencePiece cannot produce.
+  matches them). With either setting the text must be normalized as a whole first (the "▁" before
+  a leading user-defined piece is a token of its own), so they are split out after normalization
+  by a pre-tokenizer and looked up whole by the BPE model (`ignore_merges`). That lookup would also
+  return a dead piece (one SentencePiece never outputs) for a stretch of text equal to it, so in
+  that layout dead pieces keep their ids under a name no text produces; and a stretch that is
+  exactly the text of a control or byte piece ("<|im_end|></s>") is pre-split where
+  SentencePiece's BPE splits it.
 * control/unknown pieces (<unk>, <s>, </s>) are special tokens, but `split_special_tokens` is on:
   SentencePiece encodes the literal text "<s>" as ordinary characters, and so does this tokenizer.
+* UNUSED pieces (and a normal piece "\\0" under byte fallback, which SentencePiece demotes to
+  UNUSED) are never output by SentencePiece; they too keep their ids under an unproducible name.
 
 Choice: no BOS/EOS are added by default, so `tokenizer(text)["input_ids"] == sp.encode(text)`.
 The project's tokenized data wraps each document in <s> ... </s> (`data tokenize`); a caller that
 wants that in Hugging Face passes `add_bos_token=True` / `add_eos_token=True`.
 
-Known limit: two *different* pieces with the same score that overlap in a text (both could be
-formed, they share a symbol) are resolved leftmost-first by SentencePiece and by merge rank here.
-The shared InternLM tokenizers contain same-score pieces; the parity tests measure the effect.
+Known limits (measured in tests/unit/test_vocab_hf_tokenizer.py and docs/compact-tokenizer.md):
+two *different* pieces with the same score that compete for a shared symbol are resolved
+leftmost-first by SentencePiece and by merge rank here (the InternLM tokenizers have same-score
+pieces; no difference showed on the shared corpus); the normalizer limits listed in `charsmap.py`.
 """
 
 from __future__ import annotations
@@ -39,13 +46,15 @@ from pathlib import Path
 
 from rethinktiny.artifacts import dumps_json, write_file_atomic
 from rethinktiny.errors import UserError
+from rethinktiny.vocab.charsmap import sentencepiece_normalizer_steps
+from rethinktiny.vocab.reach import dead_pieces
 from rethinktiny.vocab.spmodel import (BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED,
                                        load_model_proto, require_bpe, resolve_model_path)
 
 SPACE = "▁"
 HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 # The pieces SentencePiece's BPE forms by merging. UNUSED pieces are left out: SentencePiece splits
-# them again before output, and none of our tokenizers has any except the "\\0" piece below.
+# them again before output (none of our tokenizers has any but a "\\0" piece, see effective_types).
 MERGEABLE = (NORMAL, USER_DEFINED)
 
 
@@ -55,14 +64,16 @@ def effective_types(proto) -> list[int]:
     return [UNUSED if (byte_fallback and p.piece == "\0") else p.type for p in proto.pieces]
 
 
-def bpe_merges(proto) -> list[tuple[str, str]]:
+def bpe_merges(proto, hidden: frozenset[int] = frozenset()) -> list[tuple[str, str]]:
     """Every (left, right) pair whose concatenation is a piece, in SentencePiece's priority order.
 
     Args:
         proto: SentencePiece `ModelProto` (BPE).
+        hidden: ids left out (never output by SentencePiece, so never formed by a merge).
     """
     types = effective_types(proto)
-    mergeable = {p.piece: i for i, p in enumerate(proto.pieces) if types[i] in MERGEABLE}
+    mergeable = {p.piece: i for i, p in enumerate(proto.pieces)
+                 if types[i] in MERGEABLE and i not in hidden}
     ranked = []
     for piece, index in mergeable.items():
         score = proto.pieces[index].score
@@ -74,15 +85,23 @@ def bpe_merges(proto) -> list[tuple[str, str]]:
     return [(left, right) for _, _, _, left, right in ranked]
 
 
-def hf_vocab(proto) -> dict[str, int]:
-    """Piece -> id. An UNUSED piece gets a key that no text produces: SentencePiece never outputs
-    it (its text falls back to other pieces or bytes), but the id must keep a name."""
+def hidden_name(index: int, piece: str) -> str:
+    """The vocabulary name of a piece Hugging Face must never produce (unused or dead)."""
+    return f"<never:{index}:{piece.encode('utf-8').hex()}>"
+
+
+def hf_vocab(proto, hidden: set[int]) -> dict[str, int]:
+    """Piece -> id, with the `hidden` ids (pieces SentencePiece never outputs) renamed so that no
+    text and no merge produces them, while their ids keep a name."""
+    return {(hidden_name(i, p.piece) if i in hidden else p.piece): i for i, p in enumerate(proto.pieces)}
+
+
+def _hidden_ids(proto, ignore_merges: bool) -> set[int]:
     types = effective_types(proto)
-    vocab = {}
-    for i, piece in enumerate(proto.pieces):
-        key = piece.piece if types[i] != UNUSED else f"<unused:{i}:{piece.piece.encode().hex()}>"
-        vocab[key] = i
-    return vocab
+    hidden = {i for i, kind in enumerate(types) if kind == UNUSED}
+    if ignore_merges:
+        hidden.update(dead_pieces(proto))
+    return hidden
 
 
 def _needs_global_normalization(proto) -> bool:
@@ -98,17 +117,19 @@ def _normalizer(proto):
     from tokenizers import Regex, normalizers
 
     spec = proto.normalizer_spec
-    steps = []
-    if spec.precompiled_charsmap:
-        steps.append(normalizers.Precompiled(spec.precompiled_charsmap))
+    space = SPACE if spec.escape_whitespaces else " "
+    steps = sentencepiece_normalizer_steps(proto)
     if spec.remove_extra_whitespaces:
-        # SentencePiece only treats U+0020 (after the charsmap) as whitespace here.
+        # SentencePiece collapses runs of U+0020 (after the charsmap) and skips leading ones ...
         steps.append(normalizers.Replace(Regex(" {2,}"), " "))
-        steps.append(normalizers.Replace(Regex(r"\A +| +\z"), ""))
+        steps.append(normalizers.Replace(Regex(r"\A +"), ""))
     if spec.escape_whitespaces:
         steps.append(normalizers.Replace(" ", SPACE))
     if spec.add_dummy_prefix:
         steps.append(normalizers.Prepend(SPACE))  # a no-op on empty text, as in SentencePiece
+    if spec.remove_extra_whitespaces:
+        # ... but strips trailing ones after escaping, so a literal "▁" at the end goes too.
+        steps.append(normalizers.Replace(Regex(_onig_literal(space) + r"+\z"), ""))
     return normalizers.Sequence(steps) if steps else None
 
 
@@ -127,6 +148,33 @@ def _user_defined_splitter(pieces: list[str]):
     return pre_tokenizers.Split(Regex(pattern), behavior="isolated")
 
 
+def _literal_splitter(proto, hidden: frozenset[int]):
+    """Split a pre-token that is exactly the text of a control, byte or hidden piece ("</s>",
+    "<0x41>") where SentencePiece's BPE splits it, so the whole-word lookup of `ignore_merges`
+    cannot turn the text "</s>" into the id of </s>."""
+    from tokenizers import Regex, pre_tokenizers
+
+    from rethinktiny.vocab.reach import bpe_level_proto
+    from rethinktiny.vocab.spmodel import processor_from_proto
+
+    literals = [p.piece for p in proto.pieces if p.type in (CONTROL, UNKNOWN, BYTE)]
+    literals += [hidden_name(i, proto.pieces[i].piece) for i in sorted(hidden)]
+    processor = processor_from_proto(bpe_level_proto(proto))
+    alternatives = []
+    for literal, encoded in zip(literals, processor.encode(literals, return_type="proto")):
+        surfaces = [piece.surface for piece in encoded.pieces if piece.surface]
+        if len(surfaces) < 2:
+            continue
+        for k, surface in enumerate(surfaces):
+            before, after = "".join(surfaces[:k]), "".join(surfaces[k + 1:])
+            alternatives.append(f"(?<=\\A{_onig_literal(before)}){_onig_literal(surface)}"
+                                f"(?={_onig_literal(after)}\\z)")
+    if not alternatives:
+        return None
+    # \G anchors every attempt at the end of the previous match: a long pre-token costs one try.
+    return pre_tokenizers.Split(Regex("\\G(?:" + "|".join(alternatives) + ")"), behavior="isolated")
+
+
 def _decoder(proto):
     from tokenizers import decoders
 
@@ -143,19 +191,20 @@ def build_hf_tokenizer(proto, add_bos_token: bool = False, add_eos_token: bool =
         proto: SentencePiece `ModelProto`.
         add_bos_token, add_eos_token: wrap encodings in the model's <s> / </s>.
     """
-    from tokenizers import AddedToken, Tokenizer, models
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 
-    vocab = hf_vocab(proto)
     user_defined = _user_defined(proto)
     split_user_defined = bool(user_defined) and _needs_global_normalization(proto)
-    unk = proto.pieces[proto.trainer_spec.unk_id].piece if proto.trainer_spec.unk_id >= 0 else None
+    hidden = frozenset(_hidden_ids(proto, ignore_merges=split_user_defined))
+    unk = _special_piece(proto, proto.trainer_spec.unk_id)
     tokenizer = Tokenizer(models.BPE(
-        vocab=vocab, merges=bpe_merges(proto), unk_token=unk, fuse_unk=True,
+        vocab=hf_vocab(proto, hidden), merges=bpe_merges(proto, hidden), unk_token=unk, fuse_unk=True,
         byte_fallback=proto.trainer_spec.byte_fallback, ignore_merges=split_user_defined))
     tokenizer.normalizer = _normalizer(proto)
     tokenizer.decoder = _decoder(proto)
     if split_user_defined:
-        tokenizer.pre_tokenizer = _user_defined_splitter(user_defined)
+        splitters = [_user_defined_splitter(user_defined), _literal_splitter(proto, hidden)]
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([s for s in splitters if s is not None])
     else:
         tokenizer.add_tokens([AddedToken(p, normalized=False, special=False) for p in user_defined])
     special = [p.piece for p in proto.pieces if p.type in (CONTROL, UNKNOWN)]
