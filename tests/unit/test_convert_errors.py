@@ -19,7 +19,6 @@ from rethinktiny.convert.import_hf import from_hf  # noqa: E402
 from rethinktiny.errors import UserError  # noqa: E402
 from rethinktiny.model import PanGuPi  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -139,14 +138,14 @@ def test_pangu_pi_extras_have_no_llama_equivalent(tmp_path):
     assert_nothing_written(tmp_path / "out")
 
 
-def test_tokenizer_vocab_size_must_match(tmp_path):
-    from rethinktiny.data.prepare import train_tokenizer
+def test_tokenizer_vocab_size_must_match(tmp_path, tiny_tokenizer):
+    from rethinktiny.data.prepare import load_sentencepiece
 
-    tokenizer = train_tokenizer(REPO / "data/sample/train.jsonl", tmp_path / "tok", vocab_size=2000,
-                                character_coverage=0.995)
+    pieces = load_sentencepiece(tiny_tokenizer).get_piece_size()
     save_model_only(tmp_path / "ckpt", PanGuPi(CFG).state_dict(), CFG)
-    with pytest.raises(UserError, match=r"tokenizer.model: tokenizer has 2000 pieces but the model's vocab_size is 80"):
-        to_hf(tmp_path / "ckpt", tmp_path / "out", tokenizer=tmp_path / "tok")
+    with pytest.raises(UserError, match=rf"tokenizer.model: tokenizer has {pieces} pieces but the model's "
+                                        rf"vocab_size is 80"):
+        to_hf(tmp_path / "ckpt", tmp_path / "out", tokenizer=tiny_tokenizer.parent)
     with pytest.raises(UserError, match="missing.model: tokenizer file not found"):
         to_hf(tmp_path / "ckpt", tmp_path / "out", tokenizer=tmp_path / "missing.model")
     assert_nothing_written(tmp_path / "out")

@@ -44,14 +44,11 @@ class SentencePieceFixture:
 
 
 @pytest.fixture(scope="module")
-def tiny_sp(tmp_path_factory) -> SentencePieceFixture:
-    """A 2,000-piece BPE tokenizer trained on the bundled sample (coverage lowered so the sample's
-    Chinese characters fit 2,000 pieces)."""
-    from rethinktiny.data.prepare import load_sentencepiece, train_tokenizer
+def tiny_sp(tiny_tokenizer) -> SentencePieceFixture:
+    """The fixture tokenizer (conftest) and its piece count."""
+    from rethinktiny.data.prepare import load_sentencepiece
 
-    path = train_tokenizer(REPO / "data/sample/train.jsonl", tmp_path_factory.mktemp("sp") / "tok",
-                           vocab_size=2000, character_coverage=0.995)
-    return SentencePieceFixture(path, load_sentencepiece(path).get_piece_size())
+    return SentencePieceFixture(tiny_tokenizer, load_sentencepiece(tiny_tokenizer).get_piece_size())
 
 
 def random_hf_llama(kv_heads: int, bias: bool, tied: bool, seed: int = 0) -> LlamaForCausalLM:

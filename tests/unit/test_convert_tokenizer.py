@@ -15,7 +15,7 @@ from transformers import AutoTokenizer  # noqa: E402
 from rethinktiny.checkpoint import save_model_only  # noqa: E402
 from rethinktiny.config import ModelConfig  # noqa: E402
 from rethinktiny.convert.export import to_hf  # noqa: E402
-from rethinktiny.data.prepare import load_sentencepiece, train_tokenizer  # noqa: E402
+from rethinktiny.data.prepare import load_sentencepiece  # noqa: E402
 from rethinktiny.model import PanGuPi  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,11 +52,10 @@ def held_out_texts(limit: int = 40) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, tiny_tokenizer):
     """(SentencePiece model path, HF export folder) for a tiny model with the fixture tokenizer."""
     root = tmp_path_factory.mktemp("tokexport")
-    sp_path = train_tokenizer(REPO / "data/sample/train.jsonl", root / "tok", vocab_size=2000,
-                              character_coverage=0.995)
+    sp_path = tiny_tokenizer
     cfg = ModelConfig(hidden_size=32, num_layers=1, num_attention_heads=2, num_kv_heads=2, intermediate_size=64,
                       vocab_size=load_sentencepiece(sp_path).get_piece_size())
     save_model_only(root / "ckpt", PanGuPi(cfg).state_dict(), cfg)

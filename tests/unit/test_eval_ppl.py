@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 from rethinktiny.checkpoint import save_model_only  # noqa: E402
 from rethinktiny.config import ModelConfig  # noqa: E402
 from rethinktiny.convert.export import to_hf  # noqa: E402
-from rethinktiny.data.prepare import load_sentencepiece, train_tokenizer  # noqa: E402
+from rethinktiny.data.prepare import load_sentencepiece  # noqa: E402
 from rethinktiny.errors import UserError  # noqa: E402
 from rethinktiny.evaluate import document_windows, evaluate_perplexity  # noqa: E402
 from rethinktiny.model import PanGuPi  # noqa: E402
@@ -45,11 +45,10 @@ def held_out(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_tokenizer):
     """A random tiny model saved as an InternEvo checkpoint and exported to HF with its tokenizer."""
     root = tmp_path_factory.mktemp("eval")
-    sp_path = train_tokenizer(REPO / "data/sample/train.jsonl", root / "tok", vocab_size=2000,
-                              character_coverage=0.995)
+    sp_path = tiny_tokenizer
     cfg = ModelConfig(hidden_size=48, num_layers=2, num_attention_heads=4, num_kv_heads=2, intermediate_size=96,
                       vocab_size=load_sentencepiece(sp_path).get_piece_size(), attention_bias=True)
     torch.manual_seed(0)
@@ -130,9 +129,11 @@ def test_bad_input(setup, held_out, tmp_path):
         evaluate_perplexity(tmp_path / "nowhere", held_out, progress=False)
     with pytest.raises(UserError, match="no tokenizer.model next to the checkpoint; pass --tokenizer"):
         evaluate_perplexity(setup["root"] / "ckpt", held_out, max_documents=1, progress=False)
-    small = train_tokenizer(REPO / "data/sample/valid.jsonl", tmp_path / "small", vocab_size=1200, character_coverage=0.98)
-    with pytest.raises(UserError, match=r"tokenizer has 1200 pieces but the model's vocab_size is 2000"):
-        evaluate_perplexity(setup["root"] / "ckpt", held_out, tokenizer=small, max_documents=1, progress=False)
+    wrong = setup["cfg"].replace(vocab_size=setup["cfg"].vocab_size + 8)
+    save_model_only(tmp_path / "wrong", PanGuPi(wrong).state_dict(), wrong)
+    with pytest.raises(UserError, match=rf"tokenizer has {setup['cfg'].vocab_size} pieces but the model's "
+                                        rf"vocab_size is {wrong.vocab_size}"):
+        evaluate_perplexity(tmp_path / "wrong", held_out, tokenizer=setup["sp"], max_documents=1, progress=False)
     with pytest.raises(UserError, match="is a Hugging Face folder"):
         evaluate_perplexity(setup["root"] / "hf", held_out, config=tmp_path / "x.py", progress=False)
     empty = tmp_path / "empty.jsonl"
