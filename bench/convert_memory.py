@@ -62,7 +62,9 @@ def step_baseline(workdir: Path, export_dtype: str) -> dict:
     for name, tensor in state.items():
         heads = rotary_heads(name, cfg.num_attention_heads, cfg.num_kv_heads)
         tensor = interleaved_to_half(tensor, heads) if heads else tensor
-        hf_state[ours_to_hf(name)] = (tensor if export_dtype == "auto" else tensor.to(getattr(torch, export_dtype))).contiguous()
+        if export_dtype != "auto":
+            tensor = tensor.to(getattr(torch, export_dtype))
+        hf_state[ours_to_hf(name)] = tensor.contiguous()
     (workdir / "baseline").mkdir()
     save_file(hf_state, str(workdir / "baseline" / "model.safetensors"), metadata={"format": "pt"})
     return {}
@@ -101,7 +103,8 @@ def _report(workdir: Path, results: dict) -> None:
     size = (workdir / "ckpt" / "model_tp0_pp0.pt").stat().st_size
     hf_size = sum(p.stat().st_size for p in (workdir / "hf").glob("*.safetensors"))
     gib = 2 ** 30
-    print(f"checkpoint: {results['make']['params'] / 1e9:.3f}B params ({results['dtypes']}), model_tp0_pp0.pt {size / gib:.3f} GiB, "
+    print(f"checkpoint: {results['make']['params'] / 1e9:.3f}B params ({results['dtypes']}), "
+          f"model_tp0_pp0.pt {size / gib:.3f} GiB, "
           f"export safetensors {hf_size / gib:.3f} GiB")
     for name in ("baseline", "export"):
         r = results[name]

@@ -93,10 +93,14 @@ def hf_encoder(folder: Path, vocab_size: int) -> tuple[Callable, int | None, int
 
 def load_hf_model(folder: Path, tokenizer: str | os.PathLike | None, dtype: str) -> EvalModel:
     """An HF causal LM folder (local files only; no remote code)."""
+    import transformers
     from transformers import AutoModelForCausalLM
 
+    # transformers < 4.56 spells the keyword torch_dtype (and ignores dtype=).
+    dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=_dtype(dtype))
+        model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True,
+                                                     **{dtype_key: _dtype(dtype)})
     except (OSError, ValueError, KeyError) as err:
         raise UserError(f"{folder}: cannot load as a Hugging Face causal LM ({err})") from None
     model.eval()

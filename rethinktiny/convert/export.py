@@ -155,6 +155,9 @@ def to_hf(src: str | os.PathLike, dst: str | os.PathLike, tokenizer: str | os.Pa
     target_dtype = parse_dtype(dtype) or _source_dtype(ckpt)
     max_bytes = parse_size(max_shard_size)
     specs = export_specs(expected, cfg, target_dtype)
+    args = dict(src=str(src), tokenizer=tokenizer and str(tokenizer), config=config and str(config), dtype=dtype,
+                max_shard_size=str(max_shard_size), max_position_embeddings=max_position_embeddings,
+                add_bos_token=add_bos_token)
     with output_dir(dst, force) as tmp, tqdm(total=len(specs), desc="to-hf", unit="tensor",
                                              disable=not progress) as bar:
         write_sharded(tmp, specs, _Exporter(ckpt, expected, target_dtype), max_bytes,
@@ -164,10 +167,7 @@ def to_hf(src: str | os.PathLike, dst: str | os.PathLike, tokenizer: str | os.Pa
         write_json(tmp / "generation_config.json", generation_config_dict(special.bos, special.eos, special.pad))
         if sp_model is not None:
             write_tokenizer_files(sp_model, tmp, add_bos_token)
-        write_manifest(tmp, "convert to-hf",
-                       dict(src=str(src), tokenizer=str(tokenizer), dtype=dtype, max_shard_size=str(max_shard_size),
-                            max_position_embeddings=max_position_embeddings, add_bos_token=add_bos_token),
-                       inputs={"checkpoint": ckpt.folder, "tokenizer": sp_model},
+        write_manifest(tmp, "convert to-hf", args, inputs={"checkpoint": ckpt.folder, "tokenizer": sp_model},
                        extra={"model_config": cfg.to_dict(), "source_step_folder": str(ckpt.folder),
                               "source_tp_pp": [ckpt.tp_size, ckpt.pp_size], "ignored_keys": ignored})
     return Path(dst)
