@@ -1,0 +1,83 @@
+"""rethinktiny vocab count | merge | prune | inspect"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+
+    p = sub.add_parser("count", help="count token ids of InternEvo .bin files, one result per file")
+    p.add_argument("--src", required=True, help="tokenized data folder (searched recursively, links followed)")
+    p.add_argument("--dst", required=True, help="result folder; unchanged files of an earlier run are skipped")
+    p.add_argument("--process-num", "--process_num", type=int, default=os.cpu_count() or 1,
+                   dest="process_num", help="worker processes (default: all CPUs)")
+    p.add_argument("--strict", action="store_true", help="a malformed line is an error")
+    p.add_argument("--force", action="store_true", help="recount files even when their result is current")
+    p.set_defaults(func=_count)
+
+    p = sub.add_parser("merge", help="sum count results into total_token_freq.json ({\"<id>\": count})")
+    p.add_argument("--src", required=True, help="result folder of `vocab count` (or of the seed's step1)")
+    p.add_argument("--dst", required=True, help="output JSON file")
+    p.add_argument("--force", action="store_true", help="replace an existing --dst")
+    p.set_defaults(func=_merge)
+
+    p = sub.add_parser("prune", help="keep the most frequent pieces with their merge paths, no dead pieces")
+    p.add_argument("--tokenizer", required=True, help="SentencePiece BPE model, or folder with tokenizer.model")
+    p.add_argument("--counts", required=True, help="token frequency JSON from `vocab merge`")
+    p.add_argument("--vocab-num", "--vocab_num", type=int, required=True, dest="vocab_num",
+                   help="pieces in the result, special and byte pieces included")
+    p.add_argument("--dst", required=True, help="output folder")
+    p.add_argument("--preset", default="pangu_pi_1b_pro",
+                   help="model preset for the embedding-share figures in report.json")
+    p.add_argument("--force", action="store_true", help="replace an existing --dst")
+    p.set_defaults(func=_prune)
+
+    p = sub.add_parser("inspect", help="tokens per character, coverage, coverage-vs-size PNG")
+    p.add_argument("tokenizer", help="SentencePiece model, or folder with tokenizer.model")
+    p.add_argument("--text", required=True, help=".jsonl (field --text-key) or plain text file")
+    p.add_argument("--text-key", default="text")
+    p.add_argument("--png", default="vocab_coverage.png", help="coverage plot to write ('' for none)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --png")
+    p.set_defaults(func=_inspect)
+
+
+def _count(args: argparse.Namespace) -> None:
+    from rethinktiny.vocab.count import count_folder
+
+    summary = count_folder(args.src, args.dst, process_num=args.process_num, strict=args.strict,
+                           force=args.force)
+    print(f"counted {summary.tokens} tokens in {summary.documents} documents from {summary.files} file(s) "
+          f"({summary.skipped} unchanged since an earlier run) -> {args.dst}")
+    if summary.malformed_lines:
+        print(f"warning: {summary.malformed_lines} malformed line(s) skipped; first: {summary.first_malformed} "
+              f"(listed in the result files; --strict makes this an error)")
+
+
+def _merge(args: argparse.Namespace) -> None:
+    from rethinktiny.vocab.merge import merge_counts
+
+    total = merge_counts(args.src, args.dst, force=args.force)
+    print(f"wrote {args.dst}: {int(total.sum())} tokens, {int((total > 0).sum())} distinct ids")
+
+
+def _prune(args: argparse.Namespace) -> None:
+    from rethinktiny.vocab.prune import prune_tokenizer
+
+    report = prune_tokenizer(args.tokenizer, args.counts, args.vocab_num, args.dst,
+                             preset=args.preset or None, force=args.force)
+    coverage = report["coverage"]["token_coverage"]
+    print(f"wrote {args.dst}: {report['new_vocab_size']} of {report['old_vocab_size']} pieces, "
+          f"{report['dead_pieces']} dead, corpus token coverage "
+          f"{'n/a' if coverage is None else f'{coverage:.4%}'}")
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from rethinktiny.vocab.inspect import inspect_tokenizer
+
+    summary = inspect_tokenizer(args.tokenizer, args.text, png=args.png or None, text_key=args.text_key,
+                                force=args.force)
+    print(json.dumps(summary, indent=2))
