@@ -138,7 +138,7 @@ def gather_target(source: Source, plan: KeepPlan, dtype: torch.dtype | None) -> 
             parts[f"layers.{new_index}.{name}"] = convert(t)
         source.release()
     globals_ = prune_globals(source.tensor("tok_embeddings.weight"), source.tensor("output.weight"),
-                             source.tensor("norm.weight"), plan)
+                             source.tensor("norm.weight"), plan, release=source.release)
     parts.update({k: convert(v) for k, v in globals_.items()})
     source.release()
     order = expected_shapes(plan.target)

@@ -102,11 +102,11 @@ def row_col_power_sums(w: torch.Tensor, p: int, row_index: torch.Tensor | None =
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         block = w[start:stop] if row_index is None else w.index_select(0, row_index[start:stop])
-        block = block.float().abs()
-        if p == 2:
-            block = block.square()
-        rows[start:stop] = block.sum(1, dtype=torch.float64)
-        cols += block.sum(0, dtype=torch.float64)
+        block = block.to(torch.float32, copy=True)  # the in-place ops below must never touch the source
+        block = block.abs_() if p == 1 else block.square_()
+        # float32 sums inside a chunk are ~10x faster than float64 ones; chunks add up in float64.
+        rows[start:stop] = block.sum(1).double()
+        cols += block.sum(0).double()
     return rows, cols
 
 

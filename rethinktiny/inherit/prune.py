@@ -14,6 +14,7 @@ dict. Index conventions (all indices are in source numbering, ascending within t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -158,7 +159,7 @@ def _attention_biases(tensors: dict[str, torch.Tensor], q_rows: torch.Tensor, kv
 
 
 def prune_globals(embedding: torch.Tensor, output: torch.Tensor, norm: torch.Tensor,
-                  plan: KeepPlan) -> dict[str, torch.Tensor]:
+                  plan: KeepPlan, release: Callable[[], object] | None = None) -> dict[str, torch.Tensor]:
     """Target `tok_embeddings`, `output` and final `norm`: vocabulary rows and hidden columns.
 
     Args:
@@ -166,8 +167,11 @@ def prune_globals(embedding: torch.Tensor, output: torch.Tensor, norm: torch.Ten
         output: source `output.weight` [vocab, hidden] (the embedding itself when tied).
         norm: source `norm.weight` [hidden].
         plan: the plan.
+        release: called between the two big gathers (drops a memory-mapped source's pages).
     """
     tok = _gather(embedding, plan.vocab, plan.hidden)
+    if release is not None:
+        release()
     # A tied target shares one matrix: it takes the input embedding's rows.
     head = tok.clone() if plan.target.tie_embeddings else _gather(output, plan.vocab, plan.hidden)
     return {"tok_embeddings.weight": tok, "output.weight": head, "norm.weight": _gather(norm, plan.hidden)}
