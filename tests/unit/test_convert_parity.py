@@ -4,7 +4,7 @@ bias or not, tied or untied) imported and exported; logits, tensors and greedy t
 from __future__ import annotations
 
 import json
-import subprocess
+import runpy
 from dataclasses import dataclass
 import sys
 from pathlib import Path
@@ -212,12 +212,16 @@ def test_dtype_flag_and_config_files(tmp_path):
     assert torch.equal(hf.model.embed_tokens.weight, ours.tok_embeddings.weight.detach().bfloat16().float())
 
 
-def test_seed_command_and_cli(tmp_path, tiny_sp):
+def test_seed_command_and_cli(tmp_path, tiny_sp, monkeypatch):
     cfg = OURS_CFG.replace(vocab_size=tiny_sp.vocab_size)
     save_model_only(tmp_path / "origin_ckpt" / "7", random_ours(cfg).state_dict(), cfg)
-    subprocess.run([sys.executable, str(REPO / "tools/transformers/convert2hf.py"),
-                    "--src_folder", str(tmp_path / "origin_ckpt"), "--tgt_folder", str(tmp_path / "hf_ckpt"),
-                    "--tokenizer", str(tiny_sp.path.parent)], check=True, capture_output=True)
+    # The seed's script, run as __main__ in this process (a subprocess costs seconds of imports).
+    argv = ["convert2hf.py", "--src_folder", str(tmp_path / "origin_ckpt"), "--tgt_folder", str(tmp_path / "hf_ckpt"),
+            "--tokenizer", str(tiny_sp.path.parent)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO / "tools/transformers/convert2hf.py"), run_name="__main__")
+    assert exit_info.value.code == 0
     assert (tmp_path / "hf_ckpt" / "tokenizer.json").is_file()
     first = hf_tensors(tmp_path / "hf_ckpt")
     from rethinktiny.cli import main
