@@ -93,29 +93,28 @@ def test_add_bos_token_prepends_bos_only(exported):
 
 @pytest.fixture(scope="module")
 def pruned_export(tmp_path_factory, tiny_tokenizer):
-    """A pruned tokenizer (every 2nd multi-character piece removed, so longer pieces lose the pieces
-    they were merged from; single characters stay, as pruning keeps every character reachable)
-    exported with a model of the pruned size. Pruned here on the ModelProto because
-    `rethinktiny.vocab` has no prune function yet; the same check applies to its output."""
-    from sentencepiece import sentencepiece_model_pb2 as pb2
+    """The fixture tokenizer pruned by `rethinktiny.vocab.prune.prune_vocab` to 1,200 pieces by its
+    frequencies on the training sample, exported with a model of the pruned size."""
+    import numpy as np
 
-    proto = pb2.ModelProto()
-    proto.ParseFromString(tiny_tokenizer.read_bytes())
-    merged = [i for i, p in enumerate(proto.pieces)
-              if p.type == pb2.ModelProto.SentencePiece.NORMAL and len(p.piece) > 1]
-    drop = set(merged[::2])
-    kept = [p for i, p in enumerate(proto.pieces) if i not in drop]
-    del proto.pieces[:]
-    proto.pieces.extend(kept)
+    from rethinktiny.vocab.prune import prune_vocab
+    from rethinktiny.vocab.spmodel import load_model_proto
+
+    sp = load_sentencepiece(tiny_tokenizer)
+    lines = (REPO / "data/sample/train.jsonl").read_text(encoding="utf-8").splitlines()
+    ids = np.concatenate([np.asarray(doc, dtype=np.int64)
+                          for doc in sp.encode([json.loads(line)["text"] for line in lines])])
+    counts = np.bincount(ids, minlength=sp.get_piece_size())
+    result = prune_vocab(load_model_proto(tiny_tokenizer), counts, 1200)
     root = tmp_path_factory.mktemp("pruned")
     (root / "tok").mkdir()
     sp_path = root / "tok" / "tokenizer.model"
-    sp_path.write_bytes(proto.SerializeToString())
+    sp_path.write_bytes(result.proto.SerializeToString())
     cfg = ModelConfig(hidden_size=32, num_layers=1, num_attention_heads=2, num_kv_heads=2, intermediate_size=64,
-                      vocab_size=len(kept))
+                      vocab_size=1200)
     save_model_only(root / "ckpt", PanGuPi(cfg).state_dict(), cfg)
     to_hf(root / "ckpt", root / "hf", tokenizer=sp_path, progress=False)
-    return sp_path, root / "hf", len(drop)
+    return sp_path, root / "hf", sp.get_piece_size() - 1200
 
 
 def test_pruned_tokenizer_ids_equal_sentencepiece(pruned_export):
@@ -123,6 +122,6 @@ def test_pruned_tokenizer_ids_equal_sentencepiece(pruned_export):
     sp = load_sentencepiece(sp_path)
     hf = AutoTokenizer.from_pretrained(str(hf_folder), local_files_only=True)
     texts = TEXTS + held_out_texts()
-    assert dropped > 50 and len(hf) == sp.get_piece_size()
+    assert dropped == 800 and len(hf) == sp.get_piece_size()
     mismatched = [t for t in texts if hf(t)["input_ids"] != sp.encode(t)]
     assert not mismatched, f"{len(mismatched)} of {len(texts)} texts differ, e.g. {mismatched[0]!r}"
