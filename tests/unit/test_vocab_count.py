@@ -1,0 +1,187 @@
+"""vocab count / merge: exact counts, malformed lines reported, resumable, seed-compatible files."""
+
+import json
+import os
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from rethinktiny.data.tokenized import write_documents
+from rethinktiny.errors import UserError
+from rethinktiny.vocab.binparse import parse_bin
+from rethinktiny.vocab.count import count_file, count_folder
+from rethinktiny.vocab.merge import merge_counts, read_frequency_file, read_result
+
+
+def _reference_counts(folder):
+    """The seed's algorithm: json per line, Python dict (independent of the code under test)."""
+    counts = Counter()
+    for root, _, files in os.walk(folder, followlinks=True):
+        for name in files:
+            if name.endswith(".bin"):
+                with open(os.path.join(root, name), encoding="utf-8") as f:
+                    for line in f:
+                        counts.update(json.loads(line)["tokens"])
+    return counts
+
+
+def _save_meta(bin_path, rows):
+    with open(f"{bin_path}.meta", "wb") as f:  # np.save on a name would append ".npy"
+        np.save(f, np.asarray(rows, dtype=np.int64))
+
+
+def _dense(counter):
+    out = np.zeros(max(counter) + 1, dtype=np.int64)
+    for token, n in counter.items():
+        out[token] = n
+    return out
+
+
+def test_counts_equal_seed_algorithm(tokenized_sample, tmp_path):
+    summary = count_folder(tokenized_sample, tmp_path / "counts", process_num=2)
+    total = merge_counts(tmp_path / "counts", tmp_path / "total.json")
+    expected = _dense(_reference_counts(tokenized_sample))
+    assert np.array_equal(total[:len(expected)], expected) and not total[len(expected):].any()
+    assert summary.tokens == expected.sum() and summary.malformed_lines == 0
+    # The frequency file is the seed's format: {"<id>": count}, string keys, seen ids only.
+    body = json.loads((tmp_path / "total.json").read_text())
+    assert all(isinstance(k, str) and k.isdigit() for k in body) and 0 not in body.values()
+    assert {int(k): v for k, v in body.items()} == dict(_reference_counts(tokenized_sample))
+
+
+@pytest.mark.parametrize("separators", [(",", ":"), (", ", ": ")])
+@pytest.mark.parametrize("with_meta", [True, False])
+def test_both_line_layouts_with_and_without_meta(tmp_path, separators, with_meta):
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 70000, size=rng.integers(0, 50)).tolist() for _ in range(200)] + [[0], [7, 7, 7]]
+    path = tmp_path / "d" / "x.bin"
+    write_documents(path, docs)  # writes the .meta index
+    path.write_text("".join(json.dumps({"tokens": d}, separators=separators) + "\n" for d in docs))
+    if with_meta:
+        lengths = [len(json.dumps({"tokens": d}, separators=separators)) + 1 for d in docs]
+        _save_meta(path, np.stack([np.cumsum([0] + lengths[:-1]), [len(d) for d in docs]], axis=1))
+    else:
+        os.remove(f"{path}.meta")
+    counted = count_file(path)
+    expected = _dense(Counter(t for d in docs for t in d))
+    assert np.array_equal(counted.counts, expected) and counted.documents == len(docs) and not counted.malformed
+
+
+def test_malformed_lines_reported_with_line_numbers(tmp_path):
+    data = (b'{"tokens":[1,2,3]}\n'
+            b'not json at all\n'
+            b'{"tokens": [4, 5]}\n'
+            b'{"tokens":[1,,2]}\n'
+            b'{"other": [9]}\n'
+            b'{"tokens":[01]}\n'
+            b'\n'
+            b'{"tokens": [6], "extra": true}\n'
+            b'{"tokens":[-1]}\n'
+            b'{"tokens":[1 2]}\n')
+    parsed = parse_bin(data)
+    assert sorted(parsed.ids.tolist()) == [1, 2, 3, 4, 5, 6]  # valid JSON in another layout still counts
+    assert [line for line, _ in parsed.malformed] == [2, 4, 5, 6, 9, 10]
+    assert parsed.documents == 3
+
+
+def test_malformed_lines_are_never_silently_dropped(tmp_path):
+    src = tmp_path / "data" / "t"
+    write_documents(src / "a.bin", [[1, 2], [3]])
+    with open(src / "a.bin", "ab") as f:
+        f.write(b"garbage\n")
+    os.remove(src / "a.bin.meta")
+    summary = count_folder(tmp_path / "data", tmp_path / "out", process_num=1)
+    assert summary.malformed_lines == 1 and summary.first_malformed.startswith("t/a.bin:3")
+    result = json.loads((tmp_path / "out" / "t__a.bin.json").read_text())
+    assert result["malformed_lines"] == 1 and result["malformed"][0]["line"] == 3
+    with pytest.raises(UserError, match=r"t/a.bin:3 .*--strict"):
+        count_folder(tmp_path / "data", tmp_path / "strict", process_num=1, strict=True)
+    assert not (tmp_path / "strict" / "manifest.json").exists()
+
+
+def test_meta_disagreement_is_reported(tmp_path):
+    path = tmp_path / "x.bin"
+    write_documents(path, [[1, 2, 3], [4]])
+    _save_meta(path, [[0, 2], [19, 1]])  # wrong count for line 1
+    counted = count_file(path)
+    assert counted.malformed == [(1, "3 tokens but the .meta index says 2")]
+
+
+def test_resume_skips_unchanged_files(tokenized_sample, tmp_path):
+    first = count_folder(tokenized_sample, tmp_path / "out", process_num=1)
+    again = count_folder(tokenized_sample, tmp_path / "out", process_num=1)
+    assert again.skipped == again.files == first.files and again.tokens == first.tokens
+    forced = count_folder(tokenized_sample, tmp_path / "out", process_num=1, force=True)
+    assert forced.skipped == 0
+
+
+def test_changed_file_is_recounted(tmp_path):
+    src = tmp_path / "data" / "t"
+    write_documents(src / "a.bin", [[1, 2]])
+    write_documents(src / "b.bin", [[3]])
+    count_folder(tmp_path / "data", tmp_path / "out", process_num=1)
+    write_documents(src / "a.bin", [[5, 5, 5, 5]])
+    os.utime(src / "a.bin", ns=(1, 1))  # a different mtime even on coarse clocks
+    summary = count_folder(tmp_path / "data", tmp_path / "out", process_num=1)
+    assert summary.skipped == 1 and summary.tokens == 5
+    ids, counts = read_result(tmp_path / "out" / "t__a.bin.json")
+    assert ids.tolist() == [5] and counts.tolist() == [4]
+
+
+def test_links_are_followed(tmp_path):
+    real = tmp_path / "real" / "t"
+    write_documents(real / "a.bin", [[1, 1]])
+    (tmp_path / "data").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "data" / "linked")
+    assert count_folder(tmp_path / "data", tmp_path / "out", process_num=1).tokens == 2
+
+
+def test_missing_source_and_no_bin_files(tmp_path):
+    with pytest.raises(UserError, match="data folder not found"):
+        count_folder(tmp_path / "missing", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no .bin files found"):
+        count_folder(tmp_path / "empty", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    write_documents(tmp_path / "d" / "t" / "a.bin", [[1]])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="not a folder"):
+        count_folder(tmp_path / "d", tmp_path / "file")
+
+
+def test_merge_accepts_seed_step1_results(tmp_path):
+    results = tmp_path / "seed_results"
+    results.mkdir()
+    (results / "a.json").write_text(json.dumps({"ori_file": "/x/a.bin", "1": 2, "5": 1}))
+    (results / "b.json").write_text(json.dumps({"ori_file": "/x/b.bin", "5": 3}))
+    total = merge_counts(results, tmp_path / "total.json")
+    assert total.tolist() == [0, 2, 0, 0, 0, 4]
+    assert json.loads((tmp_path / "total.json").read_text()) == {"1": 2, "5": 4}
+
+
+def test_merge_refuses_existing_output_and_bad_results(tmp_path):
+    results = tmp_path / "r"
+    results.mkdir()
+    (results / "a.json").write_text(json.dumps({"ori_file": "a", "1": 2}))
+    (tmp_path / "total.json").write_text("keep me")
+    with pytest.raises(UserError, match="output exists"):
+        merge_counts(results, tmp_path / "total.json")
+    assert (tmp_path / "total.json").read_text() == "keep me"
+    (results / "b.json").write_text(json.dumps({"ori_file": "b", "x": 2}))
+    with pytest.raises(UserError, match=r"b.json: key 'x' is not a token id"):
+        merge_counts(results, tmp_path / "new.json")
+    assert not (tmp_path / "new.json").exists()
+    with pytest.raises(UserError, match="count result folder not found"):
+        merge_counts(tmp_path / "missing", tmp_path / "new.json")
+
+
+def test_frequency_file_ids_outside_the_tokenizer(tmp_path):
+    path = tmp_path / "freq.json"
+    path.write_text(json.dumps({"1": 3, "2000": 1}))
+    with pytest.raises(UserError, match="token id 2000 is outside the tokenizer"):
+        read_frequency_file(path, vocab_size=2000)
+    assert read_frequency_file(path, vocab_size=2001)[2000] == 1
+    path.write_text("[1, 2]")
+    with pytest.raises(UserError, match="expected a JSON object"):
+        read_frequency_file(path)
