@@ -3,9 +3,14 @@ tokenized into InternEvo's format. Session-scoped: trained once per test run (ab
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Tiny CPU models on a 2-core machine: one thread per process avoids oversubscription (the
+# 2-rank training runs use one core each); subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_TRAIN = REPO / "data" / "sample" / "train.jsonl"

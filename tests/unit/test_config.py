@@ -63,3 +63,9 @@ def test_from_internevo_llama2_entry():
     assert cfg.intermediate_size == 4864 and cfg.attention_bias and cfg.num_kv_heads == 14
     with pytest.raises(UserError, match="missing key 'vocab_size'"):
         from_internevo({k: v for k, v in entry.items() if k != "vocab_size"})
+
+
+def test_hf_rotary_layout_entries_are_refused():
+    entry = dict(num_attention_heads=4, vocab_size=100, hidden_size=64, num_layers=2, adapt_hf=True)
+    with pytest.raises(UserError, match="adapt_hf=True"):
+        from_internevo(entry)
