@@ -34,7 +34,7 @@ from tqdm import tqdm
 from rethinktiny.artifacts import write_file_atomic, write_manifest
 from rethinktiny.data.tokenized import read_meta, require_bin_files
 from rethinktiny.errors import UserError
-from rethinktiny.vocab.binparse import parse_bin
+from rethinktiny.vocab.binparse import parse_bin_file
 
 COUNTS_FORMAT = "rethinktiny.token_counts.v1"
 MAX_LISTED_MALFORMED = 100
@@ -65,8 +65,7 @@ def count_file(path: str | os.PathLike, src: str | os.PathLike | None = None) ->
         src: folder the source name is taken relative to (default: the file's own folder).
     """
     path = Path(path)
-    parsed = parse_bin(path.read_bytes(), read_meta(path))
-    counts = np.bincount(parsed.ids, minlength=1).astype(np.int64)
+    counts, parsed = parse_bin_file(path, read_meta(path))
     source = str(path.relative_to(src)) if src is not None else path.name
     return FileCounts(source, counts, parsed.documents, parsed.malformed)
 

@@ -185,3 +185,31 @@ def test_frequency_file_ids_outside_the_tokenizer(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(UserError, match="expected a JSON object"):
         read_frequency_file(path)
+
+
+@pytest.mark.parametrize("with_meta", [True, False])
+def test_block_by_block_parse_equals_whole_file(tmp_path, with_meta):
+    from rethinktiny.data.tokenized import read_meta
+    from rethinktiny.vocab.binparse import parse_bin_file
+
+    rng = np.random.default_rng(1)
+    docs = [rng.integers(0, 5000, size=rng.integers(0, 80)).tolist() for _ in range(300)]
+    path = tmp_path / "x.bin"
+    write_documents(path, docs)
+    with open(path, "ab") as f:
+        f.write(b"broken line\n" + json.dumps({"tokens": list(range(400))}).encode() + b"\n")
+    if not with_meta:
+        os.remove(f"{path}.meta")
+    meta = read_meta(path)
+    whole_counts, whole = parse_bin_file(path, meta, block_bytes=1 << 30)
+    for block in (37, 500, 4096):  # smaller than some lines, too
+        counts, parsed = parse_bin_file(path, meta, block_bytes=block)
+        assert np.array_equal(counts, whole_counts) and parsed.documents == whole.documents
+        assert parsed.malformed == whole.malformed
+    if with_meta:  # the appended lines are not in the index, so InternEvo never reads them
+        assert whole.malformed == [] and whole.documents == len(docs)
+    else:
+        assert whole.malformed == [(301, "invalid JSON: Expecting value")]
+        assert whole.documents == len(docs) + 1
+    expected = _dense(Counter(t for d in docs for t in d) + (Counter() if with_meta else Counter(range(400))))
+    assert np.array_equal(whole_counts[:len(expected)], expected)

@@ -1,0 +1,161 @@
+"""Token counting speed: `rethinktiny vocab count` against the seed's step1 algorithm.
+
+    python bench/vocab_count.py [--tokenizer ../shared/data/tokenizers/internlm_103k.model]
+                                [--corpus ../shared/data/corpus/corpus.jsonl] [--shards 4] [--process-num 2]
+
+The corpus is tokenized once into InternEvo's format (`--shards` shards, <s> ... </s> per document,
+as `rethinktiny data tokenize` writes it). Then, on the same files and the same number of worker
+processes, alternately:
+  * baseline — the seed's step1 algorithm, reimplemented here: a process pool, one task per file,
+    `json.loads` per line, a Python dict of counts, the dict dumped as JSON per file;
+  * ours — `rethinktiny.vocab.count.count_folder` (recounting every file: no resume shortcut).
+Each is timed end to end (pool start to last result written) `--repeats` times; the best wall time
+of each is compared, and so is the CPU time of all processes (steadier on a shared machine); both
+results are checked to be the same counts. Prints the ratios and writes a PNG of the timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import resource
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from rethinktiny.data.prepare import load_sentencepiece, tokenize_corpus  # noqa: E402
+from rethinktiny.data.tokenized import find_bin_files  # noqa: E402
+from rethinktiny.vocab.count import count_folder  # noqa: E402
+from rethinktiny.vocab.merge import merge_counts  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
+
+
+def seed_worker(ori_file: str, save_path: str) -> None:
+    """The seed's step1 worker (json per line, dict counts), minus its silent `except: pass`."""
+    res = {"ori_file": ori_file}
+    with open(ori_file, "r") as f:
+        line = f.readline()
+        while line:
+            data = json.loads(line)
+            for token in data["tokens"]:
+                if token in res:
+                    res[token] += 1
+                else:
+                    res[token] = 1
+            line = f.readline()
+    with open(save_path, "w") as f:
+        f.write(json.dumps(res))
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process plus its finished children (pool workers are reaped on exit)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(function, *args) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one call."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    function(*args)
+    return time.perf_counter() - wall, cpu_seconds() - cpu
+
+
+def run_seed(src: Path, dst: Path, process_num: int) -> None:
+    """The seed's step1 main: walk for .bin files, one pool task per file."""
+    files = [str(p) for p in find_bin_files(src)]
+    with multiprocessing.get_context("fork").Pool(processes=process_num) as pool:
+        results = [pool.apply_async(seed_worker, (f, str(dst / (f.replace("/", "__") + ".json"))))
+                   for f in files]
+        pool.close()
+        for result in results:
+            result.get()
+        pool.join()
+
+
+def run_ours(src: Path, dst: Path, process_num: int) -> None:
+    count_folder(src, dst, process_num=process_num, force=True)
+
+
+def seed_totals(dst: Path) -> Counter:
+    total: Counter = Counter()
+    for path in dst.iterdir():
+        body = json.loads(path.read_text())
+        body.pop("ori_file")
+        total.update({int(k): v for k, v in body.items()})
+    return total
+
+
+def prepare_data(tokenizer: Path, corpus: Path, shards: int, work: Path) -> Path:
+    """The corpus in InternEvo format, split into `shards` files of about equal token counts."""
+    processor = load_sentencepiece(tokenizer)
+    texts = [json.loads(line)["text"] for line in open(corpus, encoding="utf-8")]
+    tokens = sum(len(ids) + 2 for ids in processor.encode(texts))
+    data = work / "data"
+    tokenize_corpus(corpus, tokenizer, data, type_key=None, shard_tokens=math.ceil(tokens / shards))
+    return data
+
+
+def plot(seed_times: list[float], our_times: list[float], png: Path, tokens: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(["seed step1 (json + dict)", "rethinktiny vocab count"], [min(seed_times), min(our_times)],
+           color=["tab:gray", "tab:blue"])
+    ax.set_ylabel("seconds (best of runs)")
+    ax.set_title(f"counting {tokens / 1e6:.2f}M tokens: {min(seed_times) / min(our_times):.1f}x faster", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokenizer", type=Path, default=SHARED / "tokenizers" / "internlm_103k.model")
+    parser.add_argument("--corpus", type=Path, default=SHARED / "corpus" / "corpus.jsonl")
+    parser.add_argument("--data", type=Path, help="an existing InternEvo data folder (skips tokenizing)")
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--process-num", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--png", type=Path, default=Path("bench_vocab_count.png"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        data = args.data or prepare_data(args.tokenizer, args.corpus, args.shards, work)
+        files = find_bin_files(data)
+        seed_runs, our_runs = [], []
+        for repeat in range(args.repeats):  # alternate, so both see the same machine load
+            seed_dst, our_dst = work / f"seed{repeat}", work / f"ours{repeat}"
+            seed_dst.mkdir()
+            seed_runs.append(timed(run_seed, data, seed_dst, args.process_num))
+            our_runs.append(timed(run_ours, data, our_dst, args.process_num))
+        seed_times, our_times = [w for w, _ in seed_runs], [w for w, _ in our_runs]
+        ours = merge_counts(our_dst, work / "total.json")
+        expected = seed_totals(seed_dst)
+        assert {i: int(c) for i, c in enumerate(ours) if c} == dict(expected), "counts differ"
+        tokens = sum(expected.values())
+        print(f"{len(files)} files, {tokens:,} tokens, {args.process_num} worker processes, {os.cpu_count()} CPUs")
+        print(f"seed step1 algorithm: best {min(seed_times):.3f} s  (runs: {', '.join(f'{t:.3f}' for t in seed_times)})")
+        print(f"rethinktiny count:    best {min(our_times):.3f} s  (runs: {', '.join(f'{t:.3f}' for t in our_times)})")
+        seed_cpu, our_cpu = min(c for _, c in seed_runs), min(c for _, c in our_runs)
+        print(f"speed-up, wall clock: {min(seed_times) / min(our_times):.1f}x  (same counts: yes)")
+        print(f"CPU seconds, all processes: seed {seed_cpu:.3f}, ours {our_cpu:.3f} -> {seed_cpu / our_cpu:.1f}x "
+              f"(less sensitive to other load on the machine)")
+        plot(seed_times, our_times, args.png, tokens)
+        print(f"wrote {args.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
