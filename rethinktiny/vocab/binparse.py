@@ -7,8 +7,9 @@ A `.bin` line is JSON, but nearly every line is in one of the two shapes the wri
 
 `parse_bin` finds every run of digits in the file at once, reads their values eight bytes at a
 time, and checks each line against those shapes from the runs alone (prefix, the numbers filling
-the body, exactly "," or ", " between two numbers, no leading zeros, "]}" at the end). Any other line goes through `json.loads` (`parse_tokens`), so valid JSON in
-another layout still counts and a broken line is reported with its number, never dropped.
+the body, exactly "," or ", " between two numbers, no leading zeros, "]}" at the end). Any other
+line goes through `json.loads` (`parse_tokens`), so valid JSON in another layout still counts and a
+broken line is reported with its number, never dropped.
 """
 
 from __future__ import annotations
@@ -206,7 +207,8 @@ def iter_line_blocks(path, block_bytes: int = BLOCK_BYTES):
         yield offset, line, carry
 
 
-def parse_bin_file(path, meta: np.ndarray | None = None, block_bytes: int = BLOCK_BYTES) -> tuple[np.ndarray, ParsedBin]:
+def parse_bin_file(path, meta: np.ndarray | None = None,
+                   block_bytes: int = BLOCK_BYTES) -> tuple[np.ndarray, ParsedBin]:
     """Counts (dense, index = id) and the parse report of a whole `.bin` file, block by block.
 
     Args:

@@ -229,7 +229,8 @@ def prune_tokenizer(tokenizer, counts_file, vocab_num: int, dst, preset: str | N
         preset: model preset for the embedding-share figures (None: skip them).
         force: replace an existing `dst`.
     """
-    from rethinktiny.artifacts import check_writable, file_digest, output_dir, write_file_atomic, write_json, write_manifest
+    from rethinktiny.artifacts import (check_writable, file_digest, output_dir, write_file_atomic, write_json,
+                                       write_manifest)
     from rethinktiny.vocab.hf_tokenizer import write_hf_tokenizer
     from rethinktiny.vocab.merge import read_frequency_file
     from rethinktiny.vocab.spmodel import load_model_proto, require_bpe, resolve_model_path

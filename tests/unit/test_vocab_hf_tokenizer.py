@@ -17,9 +17,11 @@ transformers = pytest.importorskip("transformers")
 
 USER_DEFINED = ["<|im_start|>", "<|im_end|>", "<tool>", "<to"]
 EDGE_TEXTS = [
-    "", " ", "   ", "a", " leading space", "trailing space ", "two  spaces   three", "\ttab\nnewline\r\nCRLF",
-    "Hello, world! The quick brown fox.", "中文测试，混合 English 文本。", "emoji 😀👍🏽🇩🇪 and ZWJ 👨‍👩‍👧",
-    "rare: 𝔘𓀀ꙮ\U0010FFFD \x00 \x7f", "full-width ｔｅｘｔ　space ～ and ﬁ ligature Ⅻ ① ㍻",
+    "", " ", "   ", "a", " leading space", "trailing space ", "two  spaces   three",
+    "\ttab\nnewline\r\nCRLF", "Hello, world! The quick brown fox.", "中文测试，混合 English 文本。",
+    "emoji 😀👍🏽🇩🇪 and ZWJ 👨‍👩‍👧",
+    "rare: 𝔘𓀀ꙮ\U0010FFFD \x00 \x7f",
+    "full-width ｔｅｘｔ　space ～ and ﬁ ligature Ⅻ ① ㍻",
     "combining e\u0301 ｅ\u0301 \u1100\u1161\u11a8 क़", "▁literal ▁▁ marker ▁", "<s> </s> <unk> <0x41> literal",
     "<|im_start|>user\nhi<|im_end|>", "<|im_start|>", " <|im_start|> ", "<|im_end|></s>", "x<tool><s>",
     "<to<tool>to<|im_end|><0x0A>", "code:\n    def f(x):\n        return x  # done\n",
@@ -29,8 +31,9 @@ EDGE_TEXTS = [
 def _texts(sample_valid_corpus, n_random=1500, seed=0):
     rng = random.Random(seed)
     docs = [json.loads(line)["text"] for line in open(sample_valid_corpus, encoding="utf-8")]
-    alphabet = (list("abcxyz ABC  .,<>/|_0x1") + ["  ", "\n", "\r\n", "\t", "中", "文", "😀", "▁", "ｔ", "\u3000",
-                "e\u0301", "ﬁ", "𝔘", "<s>", "</s>", "<0x41>", "～"] + USER_DEFINED)
+    alphabet = (list("abcxyz ABC  .,<>/|_0x1") + USER_DEFINED +
+                ["  ", "\n", "\r\n", "\t", "中", "文", "😀", "▁", "ｔ", "\u3000", "e\u0301", "ﬁ", "𝔘", "<s>", "</s>",
+                 "<0x41>", "～"])
     fuzz = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 25))) for _ in range(n_random)]
     snippets = [d[i:i + rng.randint(1, 60)] for d in docs[:300] for i in (0, len(d) // 2)]
     return EDGE_TEXTS + docs + fuzz + snippets

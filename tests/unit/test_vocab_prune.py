@@ -12,7 +12,8 @@ from rethinktiny.errors import UserError
 from rethinktiny.vocab.merge import write_frequency_file
 from rethinktiny.vocab.prune import build_pruned_proto, prune_tokenizer, prune_vocab, required_ids
 from rethinktiny.vocab.reach import dead_pieces
-from rethinktiny.vocab.spmodel import BYTE, CONTROL, NORMAL, USER_DEFINED, load_model_proto, processor_from_proto
+from rethinktiny.vocab.spmodel import (BYTE, CONTROL, NORMAL, USER_DEFINED, load_model_proto,
+                                       processor_from_proto)
 from rethinktiny.vocab.tokenmap import load_token_map
 
 USER_DEFINED_PIECES = ["<|im_start|>", "<|im_end|>", "[MASK]"]
