@@ -1,0 +1,75 @@
+"""rethinktiny resample --config CFG --ckpt CKPT --data TRAIN --dst NEW (--ratio R | --num-batches N0)"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
+    """Rank-start options shared with training (defaults from the environment, as start_finetune.py)."""
+    g = parser.add_argument_group("scoring ranks (same launcher as training)")
+    g.add_argument("--launcher", choices=["torch", "slurm"], default="torch",
+                   help="torchrun on this node, or srun inside a Slurm allocation")
+    g.add_argument("--nproc-per-node", type=int, default=None,
+                   help="ranks per node (default: as start_finetune.py: Slurm/torchrun env, GPU count, "
+                        "the config's launch hint)")
+    g.add_argument("--nnodes", type=int, default=int(os.environ.get("SLURM_NNODES", os.environ.get("NNODES", 1))))
+    g.add_argument("--node-rank", type=int, default=int(os.environ.get("NODE_RANK", 0)))
+    g.add_argument("--master-addr", default=os.environ.get("MASTER_ADDR", "127.0.0.1"))
+    g.add_argument("--master-port", type=int, default=None, help="default: a free port on a single node")
+
+
+def launch_options(args: argparse.Namespace):
+    from rethinktiny.resample.launch import LaunchOptions
+
+    return LaunchOptions(nproc_per_node=args.nproc_per_node, nnodes=args.nnodes, node_rank=args.node_rank,
+                         master_addr=args.master_addr, master_port=args.master_port, launcher=args.launcher)
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, ratio_required: bool = True) -> None:
+    amount = parser.add_mutually_exclusive_group(required=ratio_required)
+    amount.add_argument("--ratio", type=float, help="keep round(ratio * N) of the N batches, ratio in (0, 1]")
+    amount.add_argument("--num-batches", type=int, help="keep N0 batches")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the draw")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="p_i ~ exp(loss_i / T); 1 is the paper's rule, large T tends to uniform")
+    parser.add_argument("--batch-ranks", type=int, default=1,
+                        help="data-parallel ranks one batch spans (1: a batch is micro_num packed rows, one "
+                             "rank's optimizer step)")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="InternEvo config file of the training run")
+    parser.add_argument("--ckpt", required=True, help="frozen model: InternEvo step folder or its save folder")
+    parser.add_argument("--data", help="tokenized training data folder (default: the config's data.train_folder)")
+    parser.add_argument("--dst", required=True, help="output folder")
+    add_sampling_arguments(parser)
+    parser.add_argument("--selection-only", action="store_true",
+                        help="write only the scores and selection (train with data.sampler='multi_round')")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, as start_finetune.py --set (repeatable)")
+    parser.add_argument("--scores-dir", help="where partial scores are kept until done (default: .<dst>.scores)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing --dst; restart scores of a different checkpoint or data")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    add_launch_arguments(parser)
+    parser.set_defaults(func=_resample)
+
+
+def _resample(args: argparse.Namespace) -> None:
+    from rethinktiny.resample.run import resample_data
+
+    result = resample_data(args.config, args.ckpt, args.dst, data=args.data, ratio=args.ratio,
+                           num_batches=args.num_batches, seed=args.seed, temperature=args.temperature,
+                           batch_ranks=args.batch_ranks, copy_data=not args.selection_only,
+                           overrides=args.overrides, scores_dir=args.scores_dir, launch=launch_options(args),
+                           force=args.force, progress=args.progress)
+    print(f"scored {result.num_batches} batches of {result.tokens_per_batch} tokens "
+          f"(mean loss {result.mean_loss_all:.4f}, {result.num_nonfinite} non-finite left out); "
+          f"kept {result.num_selected} (mean loss {result.mean_loss_selected:.4f})")
+    if result.written:
+        print(f"wrote {result.written['documents']} documents, {result.written['tokens']} tokens to {result.dst}")
+    else:
+        print(f"wrote the selection to {result.dst} (train with data.sampler='multi_round', "
+              f"data.selected_batches='{result.dst}/selected.npy')")

@@ -1,0 +1,94 @@
+"""One scoring rank: `python -m rethinktiny.resample.worker --plan SCORES/plan.json`.
+
+Started by `rethinktiny resample` under torchrun or srun (or called in-process for one rank).
+Rank r of W scores every W-th batch still unscored by earlier attempts, forward-only and without
+gradients, and appends each loss to its own score file as soon as it is computed. Ranks never
+communicate: the parent gathers the files in batch order once all ranks have exited.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+import torch
+from tqdm import tqdm
+
+from rethinktiny.config import ModelConfig
+from rethinktiny.errors import UserError
+from rethinktiny.resample.batches import PackedCorpus, RowReader, batch_rows
+from rethinktiny.resample.scorefiles import ScoreAppender, ScorePlan, read_scores
+from rethinktiny.resample.scoring import batch_loss, load_scoring_model
+from rethinktiny.resample.spec import BatchSpec
+
+
+def rank_and_world() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's or Slurm's environment; (0, 1, 0) alone."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+    return 0, 1, 0
+
+
+def scoring_device(local_rank: int) -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def batches_to_score(plan: ScorePlan, rank: int, world: int) -> list[int]:
+    """This rank's share of the batches no earlier attempt scored."""
+    done = read_scores(plan.folder, before_attempt=plan.attempt)
+    return [b for b in range(plan.num_batches) if b not in done][rank::world]
+
+
+def score_share(plan: ScorePlan, rank: int, world: int, device: torch.device | str = "cpu",
+                progress: bool = True) -> int:
+    """Score this rank's share of the plan's batches; returns how many it scored.
+
+    Args:
+        plan: the scoring plan (scores folder, checkpoint, data, batch settings).
+        rank, world: this rank and the number of ranks.
+        device: where the model runs.
+        progress: show a progress bar (rank 0 only).
+    """
+    spec = BatchSpec.from_dict(plan.spec)
+    corpus = PackedCorpus(plan.data, spec)
+    batches = batch_rows(corpus.num_rows, spec)
+    if len(batches) != plan.num_batches:
+        raise UserError(f"{plan.data}: now has {len(batches)} batches, the plan {plan.num_batches}; "
+                        f"the data changed while scoring")
+    todo = batches_to_score(plan, rank, world)
+    model = load_scoring_model(plan.checkpoint, ModelConfig.from_dict(plan.model), plan.dtype, device)
+    with RowReader(corpus) as reader, ScoreAppender(plan.folder, plan.attempt, rank) as out:
+        for batch in tqdm(todo, desc=f"scoring ({world} rank{'s' if world > 1 else ''})", unit="batch",
+                          disable=not progress or rank != 0):
+            rows = [reader.row(int(row)) for row in batches[batch]]
+            out.append(batch, batch_loss(model, rows, plan.label_smoothing))
+    return len(todo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="score one rank's share of the batches")
+    parser.add_argument("--plan", required=True, help="plan.json in the scores folder")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    args = parser.parse_args(argv)
+    rank, world, local_rank = rank_and_world()
+    try:
+        plan = ScorePlan.load(args.plan)
+        score_share(plan, rank, world, scoring_device(local_rank), args.progress)
+    except UserError as err:
+        print(f"[rethinktiny] scoring rank {rank}: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    except Exception:  # noqa: BLE001 - every failure must reach the exit code, with its rank
+        print(f"[rethinktiny] scoring rank {rank} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

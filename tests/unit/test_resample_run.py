@@ -1,0 +1,196 @@
+"""`resample_data` end to end (one scoring rank, in process): reproducible bytes, InternEvo-readable
+output made of exactly the chosen rows, resumable scoring, and bad inputs that write nothing."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rethinktiny.data.tokenized import iter_documents
+from rethinktiny.errors import UserError
+from rethinktiny.resample.batches import PackedCorpus, RowReader, batch_rows
+from rethinktiny.resample.launch import LaunchOptions
+from rethinktiny.resample.run import make_score_plan, read_training_config, resample_data
+from rethinktiny.resample.scorefiles import prepare_folder, score_files
+from rethinktiny.resample.scoring import open_checked_checkpoint
+from rethinktiny.resample.spec import spec_from_data_config
+from rethinktiny.resample.worker import score_share
+
+from .resample_helpers import (folder_bytes, internevo_dataset, internevo_single_rank,  # noqa: F401
+                               model_config, write_checkpoint, write_config, write_small_data)
+
+ONE_RANK = LaunchOptions(nproc_per_node=1)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tokenized_sample):
+    root = tmp_path_factory.mktemp("resample")
+    data = write_small_data(tokenized_sample, root / "train", tokens_per_file=1500)
+    config = write_config(root / "config.py", data)
+    ckpt = write_checkpoint(root / "ckpt" / "5", model_config(), seed=1)
+    return {"root": root, "data": data, "config": config, "ckpt": ckpt}
+
+
+def _run(setup, dst, **kwargs):
+    kwargs = {"ratio": 0.5, "launch": ONE_RANK, "progress": False, **kwargs}
+    return resample_data(setup["config"], setup["ckpt"], dst, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def first_run(setup):
+    dst = setup["root"] / "out_a"
+    return _run(setup, dst), dst
+
+
+def test_config_model_is_the_checkpoint_model(setup):
+    assert read_training_config(setup["config"]).model == model_config()
+
+
+def test_same_seed_gives_byte_identical_folders(setup, first_run):
+    result, dst_a = first_run
+    dst_b = setup["root"] / "out_b"
+    _run(setup, dst_b)
+    assert folder_bytes(dst_a) == folder_bytes(dst_b)
+    other = _run(setup, setup["root"] / "out_c", seed=1)
+    assert other.num_selected == result.num_selected
+    assert np.load(setup["root"] / "out_c" / "selected.npy").tolist() != np.load(dst_a / "selected.npy").tolist()
+    assert not (setup["root"] / ".out_b.scores").exists()  # the partial scores are gone once done
+
+
+def test_output_records_scores_selection_and_manifest(setup, first_run):
+    result, dst = first_run
+    losses, selected = np.load(dst / "losses.npy"), np.load(dst / "selected.npy")
+    assert losses.dtype == np.float64 and len(losses) == result.num_batches > 20
+    assert np.isfinite(losses).all() and 6.0 < losses.mean() < 9.0  # random init: about ln(2000) = 7.6
+    assert selected.tolist() == sorted(set(selected.tolist())) and len(selected) == round(0.5 * len(losses))
+    manifest = json.loads((dst / "manifest.json").read_text())
+    assert manifest["command"] == "rethinktiny resample" and manifest["seed"] == 0
+    assert manifest["summary"]["mean_loss_selected"] == pytest.approx(losses[selected].mean())
+    assert "dst" not in manifest["args"] and "launch" not in manifest["args"]
+    selection = json.loads((dst / "selection.json").read_text())
+    assert selection["num_batches"] == len(losses) and selection["num_selected"] == len(selected)
+    assert (dst / "losses.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_output_is_the_chosen_rows_and_internevo_reads_it(internevo_single_rank, setup, first_run):  # noqa: F811
+    _, dst = first_run
+    spec = spec_from_data_config(read_training_config(setup["config"]).data)
+    corpus = PackedCorpus(setup["data"], spec)
+    chosen = batch_rows(corpus.num_rows, spec)[np.load(dst / "selected.npy")].reshape(-1)
+    # InternEvo's own loader packs the copy into exactly the chosen number of rows
+    assert len(internevo_dataset(dst, spec, min_length=0)) == len(chosen)
+    with RowReader(corpus) as reader:
+        for index, packed in enumerate(corpus.files):
+            expected = [reader.row(int(r)).tokens for r in chosen if corpus.locate(int(r))[0] == index]
+            written = [np.asarray(d) for d in iter_documents(dst / packed.relpath)] if expected else []
+            np.testing.assert_array_equal(np.concatenate(written or [[]]), np.concatenate(expected or [[]]))
+    assert sorted(p.name for p in dst.iterdir() if p.is_dir()) == sorted({Path(f.relpath).parts[0]
+                                                                          for f in corpus.files})
+
+
+def test_interrupted_scoring_continues_where_it_stopped(setup, first_run):
+    _, dst_a = first_run
+    cfg = read_training_config(setup["config"])
+    corpus = PackedCorpus(setup["data"], spec_from_data_config(cfg.data))
+    num_batches = len(batch_rows(corpus.num_rows, corpus.spec))
+    checkpoint, _ = open_checked_checkpoint(setup["ckpt"], cfg.model)
+    scores = setup["root"] / "scores_resume"
+    # an earlier run scored rank 0's half of 2 ranks, then died mid-record
+    plan = prepare_folder(make_score_plan(cfg, corpus, num_batches, checkpoint.folder, scores), restart=False)
+    assert score_share(plan, 0, 2, progress=False) == (num_batches + 1) // 2
+    with open(scores / "scores-a0-r0.bin", "ab") as f:
+        f.write(b"\x01\x02\x03")
+    _run(setup, setup["root"] / "out_resumed", scores_dir=scores)
+    assert _without_versions(setup["root"] / "out_resumed") == _without_versions(dst_a)
+
+
+def _without_versions(folder):
+    """Folder bytes, the manifest without `versions` (which lists the libraries this test process
+    happens to have imported by then, e.g. internlm after the InternEvo-loader test)."""
+    files = folder_bytes(folder)
+    manifest = json.loads(files.pop("manifest.json"))
+    manifest.pop("versions")
+    return files, manifest
+
+
+def test_resumed_attempt_scores_only_the_rest(setup):
+    cfg = read_training_config(setup["config"])
+    corpus = PackedCorpus(setup["data"], spec_from_data_config(cfg.data))
+    num_batches = len(batch_rows(corpus.num_rows, corpus.spec))
+    checkpoint, _ = open_checked_checkpoint(setup["ckpt"], cfg.model)
+    scores = setup["root"] / "scores_count"
+    plan = prepare_folder(make_score_plan(cfg, corpus, num_batches, checkpoint.folder, scores), restart=False)
+    score_share(plan, 1, 2, progress=False)
+    plan = prepare_folder(make_score_plan(cfg, corpus, num_batches, checkpoint.folder, scores), restart=False)
+    assert plan.attempt == 1 and score_share(plan, 0, 1, progress=False) == (num_batches + 1) // 2
+    assert score_files(scores) == [(0, 1), (1, 0)]
+
+
+def test_scores_of_another_checkpoint_are_never_mixed(setup):
+    scores = setup["root"] / "scores_other"
+    _run(setup, setup["root"] / "out_d", scores_dir=scores)  # finished: folder removed
+    cfg = read_training_config(setup["config"])
+    corpus = PackedCorpus(setup["data"], spec_from_data_config(cfg.data))
+    checkpoint, _ = open_checked_checkpoint(setup["ckpt"], cfg.model)
+    prepare_folder(make_score_plan(cfg, corpus, 3, checkpoint.folder, scores), restart=False)  # a stale plan
+    other = write_checkpoint(setup["root"] / "ckpt_other", model_config(), seed=2)
+    with pytest.raises(UserError, match="holds scores of a different checkpoint"):
+        resample_data(setup["config"], other, setup["root"] / "out_e", ratio=0.5, scores_dir=scores,
+                      launch=ONE_RANK, progress=False)
+    assert not (setup["root"] / "out_e").exists()
+    resample_data(setup["config"], other, setup["root"] / "out_e", ratio=0.5, scores_dir=scores,
+                  launch=ONE_RANK, progress=False, force=True)
+
+
+def test_selection_only_writes_no_data(setup):
+    dst = setup["root"] / "sel_only"
+    _run(setup, dst, ratio=None, num_batches=4, copy_data=False)
+    assert sorted(p.name for p in dst.iterdir()) == ["losses.npy", "losses.png", "manifest.json", "selected.npy",
+                                                     "selection.json"]
+    assert len(np.load(dst / "selected.npy")) == 4
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"ratio": 0.0}, r"--ratio must be in \(0, 1\]"),
+    ({"ratio": 1.2}, r"--ratio must be in \(0, 1\]"),
+    ({"ratio": None, "num_batches": 10_000}, "more than the"),
+    ({"temperature": 0.0}, "--temperature"),
+    ({"batch_ranks": 0}, "--batch-ranks"),
+])
+def test_bad_arguments_write_nothing(setup, kwargs, message):
+    dst = setup["root"] / "bad_args"
+    with pytest.raises(UserError, match=message):
+        _run(setup, dst, **kwargs)
+    assert not dst.exists() and not (setup["root"] / ".bad_args.scores").exists()
+
+
+def test_checkpoint_of_another_model_writes_nothing(setup):
+    other = write_checkpoint(setup["root"] / "ckpt_wide", model_config({"hidden_size": 96}))
+    dst = setup["root"] / "bad_ckpt"
+    with pytest.raises(UserError, match="checkpoint from a different model: hidden_size is 96 there but 64"):
+        resample_data(setup["config"], other, dst, ratio=0.5, launch=ONE_RANK, progress=False)
+    assert not dst.exists()
+
+
+def test_empty_data_folder_writes_nothing(setup):
+    empty = setup["root"] / "empty"
+    (empty / "en").mkdir(parents=True)
+    dst = setup["root"] / "bad_data"
+    with pytest.raises(UserError, match="no .bin files found"):
+        _run(setup, dst, data=empty)
+    assert not dst.exists()
+
+
+def test_all_losses_nonfinite_writes_nothing(setup):
+    poisoned = write_checkpoint(setup["root"] / "ckpt_nan", model_config(), poison="norm.weight")
+    dst = setup["root"] / "bad_nan"
+    with pytest.raises(UserError, match=r"all \d+ batch losses are non-finite"):
+        resample_data(setup["config"], poisoned, dst, ratio=0.5, launch=ONE_RANK, progress=False)
+    assert not dst.exists() and not (setup["root"] / ".bad_nan.scores").exists()
+
+
+def test_existing_output_needs_force(setup, first_run):
+    _, dst = first_run
+    with pytest.raises(UserError, match="output exists; pass --force"):
+        _run(setup, dst)
