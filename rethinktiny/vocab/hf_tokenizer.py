@@ -49,7 +49,9 @@ from rethinktiny.errors import UserError
 from rethinktiny.vocab.charsmap import sentencepiece_normalizer_steps
 from rethinktiny.vocab.reach import dead_pieces
 from rethinktiny.vocab.spmodel import (BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED,
-                                       load_model_proto, require_bpe, resolve_model_path)
+                                       load_model_proto, require_bpe, resolve_model_path, sp_vocab_size)
+
+__all__ = ["HF_FILES", "build_hf_tokenizer", "sp_vocab_size", "write_hf_tokenizer"]
 
 SPACE = "▁"
 HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")

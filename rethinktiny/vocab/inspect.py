@@ -125,9 +125,9 @@ def inspect_tokenizer(tokenizer: str | os.PathLike, text: str | os.PathLike, png
     texts = read_texts(text, text_key)
     if not texts:
         raise UserError(f"{text}: no text to encode")
-    counts = np.zeros(processor.get_piece_size(), dtype=np.int64)
-    for ids in processor.encode(texts):
-        np.add.at(counts, ids, 1)
+    encoded = processor.encode(texts)
+    ids = np.concatenate([np.asarray(x, dtype=np.int64) for x in encoded]) if encoded else np.zeros(0, np.int64)
+    counts = np.bincount(ids, minlength=processor.get_piece_size()).astype(np.int64)
     summary = inspect_counts(counts, sum(len(t) for t in texts))
     if png is not None:
         plot_coverage(counts, png, f"{Path(tokenizer).name} on {Path(text).name}")
