@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from rethinktiny.artifacts import write_file_atomic, write_manifest
+from rethinktiny.artifacts import write_manifest
 from rethinktiny.data.tokenized import read_meta, require_bin_files
 from rethinktiny.errors import UserError
 from rethinktiny.vocab.binparse import parse_bin_file
@@ -112,8 +112,20 @@ def _count_job(job: tuple[str, str, str, bool]) -> dict:
     summary = {"source": counted.source, "documents": counted.documents, "tokens": counted.tokens,
                "malformed": counted.malformed[:1], "malformed_lines": len(counted.malformed)}
     if not (strict and counted.malformed):
-        write_file_atomic(result_path, json.dumps(result_body(counted, Path(bin_path))))
+        _write_result(Path(result_path), json.dumps(result_body(counted, Path(bin_path)), separators=(",", ":")))
     return summary
+
+
+def _write_result(path: Path, text: str) -> None:
+    """Atomic (temporary name, then rename) but without fsync: a result lost in a power cut is
+    unreadable or missing, and the next run simply counts that file again."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @dataclass
