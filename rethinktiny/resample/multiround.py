@@ -133,8 +133,8 @@ def later_round(plan: RoundPlan, number: int, previous: RoundResult) -> RoundRes
                       launch=plan.launch, force=True, progress=plan.progress)
     summary = json.loads((out / "manifest.json").read_text())["summary"]
     steps = _round_steps(plan, number, summary["num_selected"] / summary["num_batches"])
-    load = (f"ckpt.load_ckpt_info=dict(path={'local:' + previous.checkpoint!r}, content=('model',), "
-            "ckpt_type='internevo')")
+    # a dict literal: --set values are read with ast.literal_eval, which does not evaluate dict(...)
+    load = f"ckpt.load_ckpt_info={dict(path='local:' + previous.checkpoint, content=('model',), ckpt_type='internevo')!r}"
     if plan.mode == "copy":
         extra = [f"data.train_folder={str(out)!r}", "data.min_length=0"]
     else:
