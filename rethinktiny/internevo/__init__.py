@@ -3,6 +3,7 @@
 `register()` (run automatically when both rethinktiny and internlm are imported) adds:
 - model types `PANGU_PI_PRO` and `PANGU_PI` to InternEvo's model registry;
 - the checkpoint-load type `"inherited"` (strict name/shape check);
+- the multi-round batch sampler (`data.sampler="multi_round"`) in InternEvo's train loader;
 - the CPU accelerator and gloo backend when CUDA is not available;
 - the work-arounds in `compat` (IPv4 init method, weights-only resume).
 It is safe to call any number of times.
@@ -73,6 +74,9 @@ def register() -> None:
         install_cpu_accelerator()
     _register_models()
     _register_load_type()
+    from rethinktiny.internevo import sampler
+
+    sampler.install()
     _state = "done"
 
 
