@@ -4,6 +4,7 @@ output for the two presets (regenerate them with the command in their header).""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class TrainOptions:
     save_ckpt_folder: str = "local:llm_ckpts"
     inherit: str | None = None  # a `rethinktiny inherit` output folder to start from
     resample: str | None = None  # a `rethinktiny resample` output folder to train on
+    cpu_ranks: int = 0  # > 0: a CPU run with this many ranks (fp32, gloo, no overlap, no loader workers)
     extra_comments: list[str] = field(default_factory=list)
 
 
@@ -72,9 +74,20 @@ def _sampler_lines(opts: TrainOptions) -> str:
             f"    selected_batches={str(Path(opts.resample) / 'selected.npy')!r},\n")
 
 
+def _runtime_lines(opts: TrainOptions) -> dict[str, str]:
+    """What differs between a GPU cluster run and a CPU run of the same recipe."""
+    if opts.cpu_ranks:
+        return dict(launch=f"launch = dict(nproc_per_node={opts.cpu_ranks})  # CPU: no GPUs to count\n",
+                    overlap="False", num_worker="    num_worker=0,  # CPU: loader worker processes only add start-up time\n",
+                    async_upload="False", enable_tb="enable_tb = False\n")
+    return dict(launch="", overlap="True", num_worker="", async_upload="True", enable_tb="")
+
+
 def render_config(cfg: ModelConfig, opts: TrainOptions | None = None, command: str | None = None) -> str:
     """The text of a complete InternEvo config file training `cfg` with `opts`."""
     opts = opts or TrainOptions()
+    if opts.cpu_ranks and opts.dtype == TrainOptions.dtype:
+        opts = dataclasses.replace(opts, dtype="torch.float32")  # bf16 matmuls are slow on most CPUs
     header = [f"# InternEvo config for {cfg.name}: {cfg.num_layers} layers x {cfg.hidden_size}, "
               f"{cfg.num_attention_heads} heads ({cfg.num_kv_heads} kv), FFN {cfg.intermediate_size}, "
               f"vocabulary {cfg.vocab_size}, {cfg.num_params() / 1e9:.3f}B parameters "
@@ -92,7 +105,7 @@ def render_config(cfg: ModelConfig, opts: TrainOptions | None = None, command: s
         valid_every=opts.valid_every, total_steps=opts.total_steps, min_length=opts.min_length,
         sampler=_sampler_lines(opts), lr=opts.lr, weight_decay=opts.weight_decay, warmup_ratio=opts.warmup_ratio,
         min_lr=opts.min_lr, model=_model_block(cfg, opts), preset=cfg.name, dtype=opts.dtype,
-        zero1_size=opts.zero1_size)
+        zero1_size=opts.zero1_size, **_runtime_lines(opts))
 
 
 def export_config(dst: str | Path, preset: str | None = None, cfg: ModelConfig | None = None,
@@ -111,7 +124,7 @@ import rethinktiny  # noqa: F401  registers PANGU_PI_PRO/PANGU_PI, the "inherite
 
 JOB_NAME = "{job_name}"
 model_type = "{model_type}"
-
+{launch}
 SEQ_LEN = {seq_len}
 TRAIN_FOLDER = {train_folder}  # InternEvo tokenized data: <folder>/<type>/*.bin + .bin.meta; None = random data
 VALID_FOLDER = {valid_folder}
@@ -125,7 +138,7 @@ ckpt = dict(
     checkpoint_every=CHECKPOINT_EVERY,
     oss_snapshot_freq=int(CHECKPOINT_EVERY / 2),  # snapshot checkpoints (object storage only)
 {ckpt_load}
-    async_upload=True,  # only has an effect for boto3 storage
+    async_upload={async_upload},  # only has an effect for boto3 storage
     async_upload_tmp_folder="/dev/shm/internlm_tmp_ckpt/",
 )
 
@@ -144,7 +157,7 @@ data = dict(
     valid_folder=VALID_FOLDER,
     empty_cache_and_diag_interval=10000,
     diag_outlier_ratio=1.1,
-{sampler})
+{num_worker}{sampler})
 
 grad_scaler = dict(
     fp16=dict(initial_scale=2**16, min_scale=1, growth_interval=1000),
@@ -155,8 +168,8 @@ grad_scaler = dict(
 )
 
 hybrid_zero_optimizer = dict(
-    overlap_sync_grad=True,
-    overlap_sync_param=True,
+    overlap_sync_grad={overlap},
+    overlap_sync_param={overlap},
     reduce_bucket_size=512 * 1024 * 1024,
     clip_grad_norm=1.0,
 )
@@ -200,7 +213,7 @@ parallel = dict(
 
 cudnn_deterministic = False
 cudnn_benchmark = False
-
+{enable_tb}
 monitor = dict(
     alert=dict(
         enable_feishu_alert=False,

@@ -26,6 +26,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--valid-folder", default=None)
     p.add_argument("--save-ckpt-folder", default=defaults.save_ckpt_folder)
     p.add_argument("--job-name", default=None)
+    p.add_argument("--cpu", type=int, default=0, metavar="RANKS",
+                   help="a CPU config for RANKS processes (fp32, gloo, no comm overlap, no loader workers)")
+    p.add_argument("--warmup-ratio", type=float, default=defaults.warmup_ratio)
+    p.add_argument("--min-lr", type=float, default=defaults.min_lr)
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    p.add_argument("--min-length", type=int, default=defaults.min_length)
+    shape = p.add_argument_group("model shape (overrides the preset)")
+    for flag in ("hidden-size", "num-layers", "num-attention-heads", "num-kv-heads", "intermediate-size",
+                 "series-terms", "aug-shortcuts", "aug-shortcut-dim"):
+        shape.add_argument(f"--{flag}", type=int, default=None)
     p.add_argument("--force", action="store_true", help="replace an existing --dst")
     p.set_defaults(func=_export)
 
@@ -39,13 +49,18 @@ def _export(args: argparse.Namespace) -> None:
     from rethinktiny.configexport import export_config, render_config
 
     cfg = read_model_config(args.inherit) if args.inherit else get_preset(args.preset)
-    if args.vocab_size:
-        cfg = cfg.replace(vocab_size=args.vocab_size)
+    shape = {key: getattr(args, key) for key in ("hidden_size", "num_layers", "num_attention_heads", "num_kv_heads",
+                                                 "intermediate_size", "series_terms", "aug_shortcuts",
+                                                 "aug_shortcut_dim", "vocab_size") if getattr(args, key) is not None}
+    if shape:
+        cfg = cfg.replace(**shape, name="custom" if set(shape) - {"vocab_size"} else cfg.name)
     opts = TrainOptions(
         job_name=args.job_name or cfg.name, seq_len=args.seq_len, micro_num=args.micro_num, micro_bsz=args.micro_bsz,
         total_steps=args.total_steps, lr=args.lr, dtype=args.dtype, zero1_size=args.zero1_size,
         checkpoint_every=args.checkpoint_every, train_folder=args.train_folder, valid_folder=args.valid_folder,
-        save_ckpt_folder=args.save_ckpt_folder, inherit=args.inherit, resample=args.resample)
+        save_ckpt_folder=args.save_ckpt_folder, inherit=args.inherit, resample=args.resample, cpu_ranks=args.cpu,
+        warmup_ratio=args.warmup_ratio, min_lr=args.min_lr, weight_decay=args.weight_decay,
+        min_length=args.min_length)
     command = "rethinktiny config export " + " ".join(shlex.quote(a) for a in sys.argv[3:]) if len(sys.argv) > 3 else None
     if args.dst:
         print(f"wrote {export_config(args.dst, cfg=cfg, opts=opts, force=args.force, command=command)}")

@@ -80,3 +80,13 @@ def test_overrides():
         apply_overrides(config, ["nope.x=1"])
     with pytest.raises(UserError, match="expected KEY=VALUE"):
         apply_overrides(config, ["data.total_steps"])
+
+
+def test_cpu_export_is_a_cpu_run(tmp_path):
+    cfg = get_preset("tiny").replace(series_terms=2, aug_shortcuts=1, aug_shortcut_dim=16)
+    path = export_config(tmp_path / "cpu.py", cfg=cfg, opts=TrainOptions(cpu_ranks=2))
+    loaded = load_config_file(path)
+    assert loaded["model_type"] == "PANGU_PI" and loaded["launch"] == {"nproc_per_node": 2}
+    assert loaded["model"]["dtype"] == "torch.float32" and loaded["data"]["num_worker"] == 0
+    assert not loaded["hybrid_zero_optimizer"]["overlap_sync_grad"] and loaded["enable_tb"] is False
+    assert model_config_from_file(path) == cfg
