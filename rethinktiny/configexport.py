@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rethinktiny.artifacts import check_writable, write_file_atomic
-from rethinktiny.config import ModelConfig, get_preset, to_internevo
+from rethinktiny.config import PRESETS, ModelConfig, get_preset, to_internevo
 from rethinktiny.errors import UserError
 
 
@@ -104,7 +104,8 @@ def render_config(cfg: ModelConfig, opts: TrainOptions | None = None, command: s
         ckpt_load=_ckpt_block(opts), micro_num=opts.micro_num, micro_bsz=opts.micro_bsz,
         valid_every=opts.valid_every, total_steps=opts.total_steps, min_length=opts.min_length,
         sampler=_sampler_lines(opts), lr=opts.lr, weight_decay=opts.weight_decay, warmup_ratio=opts.warmup_ratio,
-        min_lr=opts.min_lr, model=_model_block(cfg, opts), preset=cfg.name, dtype=opts.dtype,
+        min_lr=opts.min_lr, model=_model_block(cfg, opts), dtype=opts.dtype,
+        preset=f'    preset="{cfg.name}",  # the shape below is this preset\'s\n' if cfg.name in PRESETS else "",
         zero1_size=opts.zero1_size, **_runtime_lines(opts))
 
 
@@ -189,8 +190,7 @@ lr_scheduler = dict(
 beta2_scheduler = dict(init_beta2=adam["adam_beta2"], c=adam["adam_beta2_c"], cur_iter=-1)
 
 model = dict(
-    preset="{preset}",
-{model}
+{preset}{model}
     checkpoint=False,  # activation checkpointing: True/False or the share of layers in [0, 1]
     dtype="{dtype}",  # "torch.bfloat16", "torch.float16", "torch.float32", "torch.tf32"
     embed_split_hidden=True,
