@@ -75,7 +75,7 @@ lr_scheduler = dict(
 beta2_scheduler = dict(init_beta2=adam["adam_beta2"], c=adam["adam_beta2_c"], cur_iter=-1)
 
 model = dict(
-    preset="pangu_pi_1b_pro",  # the shape below is this preset's
+    preset="pangu_pi_1b_pro",  # the shape below starts from this preset
     hidden_size=1792,
     num_layers=20,
     num_attention_heads=14,

@@ -105,7 +105,7 @@ def render_config(cfg: ModelConfig, opts: TrainOptions | None = None, command: s
         valid_every=opts.valid_every, total_steps=opts.total_steps, min_length=opts.min_length,
         sampler=_sampler_lines(opts), lr=opts.lr, weight_decay=opts.weight_decay, warmup_ratio=opts.warmup_ratio,
         min_lr=opts.min_lr, model=_model_block(cfg, opts), dtype=opts.dtype,
-        preset=f'    preset="{cfg.name}",  # the shape below is this preset\'s\n' if cfg.name in PRESETS else "",
+        preset=f'    preset="{cfg.name}",  # the shape below starts from this preset\n' if cfg.name in PRESETS else "",
         zero1_size=opts.zero1_size, **_runtime_lines(opts))
 
 
