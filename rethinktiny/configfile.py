@@ -66,10 +66,22 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not path:
         raise UserError(f"--set {text!r}: empty key")
     try:
-        value = ast.literal_eval(raw.strip())
+        value = _literal(ast.parse(raw.strip(), mode="eval").body)
     except (ValueError, SyntaxError):
         value = raw.strip()
     return path, value
+
+
+def _literal(node: ast.AST):
+    """A Python literal, also inside `dict(key=...)` calls (the way config files spell dicts)."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args:
+        return {kw.arg: _literal(kw.value) for kw in node.keywords if kw.arg is not None}
+    if isinstance(node, (ast.Tuple, ast.List)):
+        items = [_literal(e) for e in node.elts]
+        return tuple(items) if isinstance(node, ast.Tuple) else items
+    if isinstance(node, ast.Dict):
+        return {_literal(k): _literal(v) for k, v in zip(node.keys, node.values)}
+    return ast.literal_eval(node)
 
 
 def apply_overrides(config: dict, overrides: list[str]) -> None:

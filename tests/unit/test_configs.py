@@ -74,8 +74,10 @@ def test_bad_configs_fail_at_load(tmp_path):
 
 def test_overrides():
     config = {"data": {"total_steps": 5}, "model": {}}
-    apply_overrides(config, ["data.total_steps=40", "model.dtype=torch.float32", "ckpt_note='x'"])
+    apply_overrides(config, ["data.total_steps=40", "model.dtype=torch.float32", "ckpt_note='x'",
+                             "ckpt=dict(load_ckpt_info=dict(path='local:/a', content=('model',)), auto_resume=False)"])
     assert config["data"]["total_steps"] == 40 and config["model"]["dtype"] == "torch.float32"
+    assert config["ckpt"] == {"load_ckpt_info": {"path": "local:/a", "content": ("model",)}, "auto_resume": False}
     with pytest.raises(UserError, match="no 'nope'"):
         apply_overrides(config, ["nope.x=1"])
     with pytest.raises(UserError, match="expected KEY=VALUE"):
