@@ -41,28 +41,35 @@ def time_shapes(shapes: list[ModelConfig], device: str, dtype: str, args) -> lis
     models = [random_model(cfg, torch_device, resolve_dtype(dtype, torch_device)) for cfg in shapes]
     prefill: list[list[float]] = [[] for _ in shapes]
     decode: list[list[float]] = [[] for _ in shapes]
+    best: list[list[float]] = [[] for _ in shapes]
+    cpu: list[list[float]] = [[] for _ in shapes]
     for repeat in range(args.repeats):
         for i, model in enumerate(models):
             speed = measure_model(model, args.prompt_len, args.decode_steps, args.warmup_steps, seed=repeat)
             prefill[i].append(speed.prefill_tokens_per_s)
             decode[i].append(speed.decode_tokens_per_s)
+            best[i].append(speed.decode_best_tokens_per_s)
+            cpu[i].append(speed.decode_cpu_s_per_token)
             print(f"  [{dtype} run {repeat + 1}/{args.repeats}] {shapes[i].num_layers} layers: "
-                  f"decode {speed.decode_tokens_per_s:.2f} tok/s, prefill {speed.prefill_tokens_per_s:.1f} tok/s",
+                  f"decode {speed.decode_tokens_per_s:.2f} tok/s (best step {speed.decode_best_tokens_per_s:.2f}), "
+                  f"{speed.decode_cpu_s_per_token:.3f} CPU-s/token, prefill {speed.prefill_tokens_per_s:.1f} tok/s",
                   flush=True)
     del models
-    return [{"prefill": statistics.median(p), "decode": statistics.median(d), "decode_runs": d}
-            for p, d in zip(prefill, decode)]
+    return [{"prefill": statistics.median(p), "decode": statistics.median(d), "best": max(b),
+             "cpu": statistics.median(c)} for p, d, b, c in zip(prefill, decode, best, cpu)]
 
 
 def report(shapes: list[ModelConfig], results: list[dict], device: str, dtype: str) -> None:
     base = results[0]
-    print(f"\n{device} {dtype}, batch 1 (median):")
-    print(f"{'shape':>28}  {'params M':>9}  {'decode tok/s':>12}  {'vs 1B Pro':>9}  {'prefill tok/s':>13}  {'vs 1B Pro':>9}")
+    print(f"\n{device} {dtype}, batch 1 (median over runs of the median step; best = fastest step seen):")
+    print(f"{'shape':>28}  {'params M':>9}  {'decode tok/s':>12}  {'ratio':>6}  {'best tok/s':>10}  {'ratio':>6}  "
+          f"{'CPU-s/token':>11}  {'ratio':>6}  {'prefill tok/s':>13}  {'ratio':>6}")
     for cfg, result in zip(shapes, results):
         label = f"{cfg.num_layers} x {cfg.hidden_size}, ffn {cfg.intermediate_size}"
         print(f"{label:>28}  {cfg.num_params() / 1e6:9.1f}  {result['decode']:12.2f}  "
-              f"{result['decode'] / base['decode']:9.2f}x  {result['prefill']:13.1f}  "
-              f"{result['prefill'] / base['prefill']:9.2f}x")
+              f"{result['decode'] / base['decode']:5.2f}x  {result['best']:10.2f}  "
+              f"{result['best'] / base['best']:5.2f}x  {result['cpu']:11.3f}  {base['cpu'] / result['cpu']:5.2f}x  "
+              f"{result['prefill']:13.1f}  {result['prefill'] / base['prefill']:5.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-steps", type=int, default=16)
     parser.add_argument("--warmup-steps", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice); 1 degrades more gently on a busy machine")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     base = get_preset("pangu_pi_1b_pro")
     shapes = [base] + [matched_shape(base, int(depth), args.tolerance) for depth in args.depths.split(",")]

@@ -21,6 +21,7 @@ class MeasureOptions:
     decode_steps: int = 8
     warmup_steps: int = 2
     seed: int = 0
+    threads: int | None = None
 
 
 def run_sweep(spec: SweepSpec, seq_len: int = 2048, kv_dtype: str = "bf16", include_presets: bool = True,
@@ -48,7 +49,7 @@ def run_sweep(spec: SweepSpec, seq_len: int = 2048, kv_dtype: str = "bf16", incl
         from rethinktiny.arch.measure import measure_rows
 
         measure_rows(rows, measure.device, measure.dtype, measure.prompt_len, measure.decode_steps,
-                     measure.warmup_steps, measure.seed)
+                     measure.warmup_steps, measure.seed, measure.threads)
     if plot_path is not None:
         from rethinktiny.arch.plot import write_plot
 

@@ -3,11 +3,13 @@
 Batch 1, greedy decoding through the project's `KVCache`, the same path `generate` takes. One
 warm-up prefill and a few warm-up decode steps run first on a separate cache (allocator, kernel
 selection and lazy initialisation are not what we want to time); then one timed prefill of
-`prompt_len` tokens and `decode_steps` timed decode steps.
+`prompt_len` tokens and `decode_steps` timed decode steps. Decode tokens/s is 1 / the median step
+time, so one step preempted on a busy machine does not drag the figure down.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -22,10 +24,15 @@ TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 
 @dataclass(frozen=True)
 class Speed:
-    """Tokens per second of one timed prefill and of the timed decode steps (batch 1)."""
+    """Tokens per second at batch 1: one timed prefill, and decode rates from the per-step times
+    (median: robust to a step that a busy machine preempted; best: the least disturbed step)."""
 
     prefill_tokens_per_s: float
     decode_tokens_per_s: float
+    decode_best_tokens_per_s: float
+    # Median process CPU seconds per decode step (all threads): less sensitive than wall time to
+    # other jobs on a shared CPU; equals the wall time per step on an idle one-thread run.
+    decode_cpu_s_per_token: float
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,8 +105,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _prefill_and_decode(model: PanGuPi, prompt: torch.Tensor, steps: int) -> tuple[float, float]:
-    """Seconds of the prefill and of `steps` greedy decode steps on a fresh cache."""
+def _prefill_and_decode(model: PanGuPi, prompt: torch.Tensor,
+                        steps: int) -> tuple[float, list[float], list[float]]:
+    """Wall seconds of the prefill, and wall and CPU seconds of each of `steps` greedy decode
+    steps, on a fresh cache."""
     device = prompt.device
     dtype = next(model.parameters()).dtype
     cache = KVCache(model.cfg, 1, prompt.shape[1] + steps, device=device, dtype=dtype)
@@ -108,12 +117,16 @@ def _prefill_and_decode(model: PanGuPi, prompt: torch.Tensor, steps: int) -> tup
     logits = model(prompt, cache=cache)
     next_id = logits[:, -1].argmax(-1, keepdim=True)
     _sync(device)
-    prefill_done = time.perf_counter()
+    prefill_s = time.perf_counter() - start
+    step_s, cpu_s = [], []
     for _ in range(steps):
+        start, cpu_start = time.perf_counter(), time.process_time()
         logits = model(next_id, cache=cache)
         next_id = logits[:, -1].argmax(-1, keepdim=True)
-    _sync(device)
-    return prefill_done - start, time.perf_counter() - prefill_done
+        _sync(device)  # per step, as a generation loop that reads each token must
+        step_s.append(time.perf_counter() - start)
+        cpu_s.append(time.process_time() - cpu_start)
+    return prefill_s, step_s, cpu_s
 
 
 @torch.inference_mode()
@@ -133,8 +146,9 @@ def measure_model(model: PanGuPi, prompt_len: int = 32, decode_steps: int = 8, w
     generator = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, model.cfg.vocab_size, (1, prompt_len), generator=generator).to(device)
     _prefill_and_decode(model, prompt, warmup_steps)
-    prefill_s, decode_s = _prefill_and_decode(model, prompt, decode_steps)
-    return Speed(prefill_tokens_per_s=prompt_len / prefill_s, decode_tokens_per_s=decode_steps / decode_s)
+    prefill_s, step_s, cpu_s = _prefill_and_decode(model, prompt, decode_steps)
+    return Speed(prefill_tokens_per_s=prompt_len / prefill_s, decode_tokens_per_s=1 / statistics.median(step_s),
+                 decode_best_tokens_per_s=1 / min(step_s), decode_cpu_s_per_token=statistics.median(cpu_s))
 
 
 def measure_speed(cfg: ModelConfig, device: str = "cpu", dtype: str = "fp32", prompt_len: int = 32,
@@ -159,18 +173,24 @@ def measure_speed(cfg: ModelConfig, device: str = "cpu", dtype: str = "fp32", pr
 
 
 def measure_rows(rows: list, device: str = "cpu", dtype: str = "fp32", prompt_len: int = 32,
-                 decode_steps: int = 8, warmup_steps: int = 2, seed: int = 0) -> None:
+                 decode_steps: int = 8, warmup_steps: int = 2, seed: int = 0, threads: int | None = None) -> None:
     """Fill `prefill_tokens_per_s` / `decode_tokens_per_s` of each sweep `Row` in place.
 
     Args:
         rows: `rethinktiny.arch.sweep.Row` objects; one model at a time is built and freed.
         device, dtype, prompt_len, decode_steps, warmup_steps, seed: see `measure_speed`.
+        threads: torch CPU threads while measuring (None: torch's default). On a machine other
+            jobs also use, fewer threads than cores avoids OpenMP threads waiting on each other.
     """
     from tqdm import tqdm
 
     # Fail on bad flags before the first model is built.
     resolve_dtype(dtype, resolve_device(device))
     check_lengths(prompt_len, decode_steps, warmup_steps)
+    if threads is not None:
+        if threads <= 0:
+            raise UserError(f"--threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
     for row in tqdm(rows, desc=f"measuring on {device} ({dtype})", unit="shape"):
         speed = measure_speed(row.cfg, device, dtype, prompt_len, decode_steps, warmup_steps, seed)
         row.prefill_tokens_per_s = speed.prefill_tokens_per_s

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from rethinktiny.arch import costs
 from rethinktiny.config import INTERNEVO_MULTIPLE_OF, PRESETS, ModelConfig, internevo_ffn_width
@@ -215,7 +215,6 @@ class Row:
     preset: str = ""
     prefill_tokens_per_s: float | None = None
     decode_tokens_per_s: float | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def params(self) -> int:
@@ -246,7 +245,7 @@ class Row:
             "train_flops_per_token": self.train_flops_per_token, "seq_len": self.seq_len,
             "kv_cache_bytes_per_token": self.kv_bytes_per_token, "kv_dtype": self.kv_dtype,
             "prefill_tokens_per_s": self.prefill_tokens_per_s,
-            "decode_tokens_per_s": self.decode_tokens_per_s, **self.extra,
+            "decode_tokens_per_s": self.decode_tokens_per_s,
         }
 
 

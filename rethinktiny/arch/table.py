@@ -22,7 +22,9 @@ def _columns(measured: bool) -> list[tuple[str, str]]:
 
 def _cells(row: Row) -> dict[str, str]:
     cfg = row.cfg
-    heads = f"{cfg.num_attention_heads}" + (f"/{cfg.num_kv_heads}" if cfg.num_kv_heads != cfg.num_attention_heads else "")
+    heads = str(cfg.num_attention_heads)
+    if cfg.num_kv_heads != cfg.num_attention_heads:  # GQA: query/key-value heads
+        heads += f"/{cfg.num_kv_heads}"
     speed = {key: "-" if value is None else f"{value:.1f}"
              for key, value in (("prefill", row.prefill_tokens_per_s), ("decode", row.decode_tokens_per_s))}
     return {

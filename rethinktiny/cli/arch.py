@@ -31,6 +31,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-steps", type=int, default=8, help="timed decode steps")
     p.add_argument("--warmup-steps", type=int, default=2, help="untimed decode steps before timing")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads while measuring (default: torch's); 1 is steadier on a busy machine")
     p.add_argument("--plot", default=None, help="write a PNG of speed (or FLOPs) against depth")
     p.add_argument("--json", default=None, help="write the rows as JSON")
     p.add_argument("--force", action="store_true", help="overwrite existing --plot / --json files")
@@ -63,11 +65,12 @@ def _sweep(args: argparse.Namespace) -> None:
     measure = None
     if args.measure:
         measure = MeasureOptions(args.measure, args.measure_dtype, args.prompt_len, args.decode_steps,
-                                 args.warmup_steps, args.seed)
+                                 args.warmup_steps, args.seed, args.threads)
     rows = run_sweep(spec, args.seq_len, args.kv_dtype, not args.no_presets, args.per_depth, measure,
                      args.plot, args.json, args.force)
     print(format_table(rows))
-    print(f"{len(rows)} shapes; FLOPs at sequence length {args.seq_len}, KV cache in {args.kv_dtype}"
+    plural = "" if len(rows) == 1 else "s"
+    print(f"{len(rows)} shape{plural}; FLOPs at sequence length {args.seq_len}, KV cache in {args.kv_dtype}"
           + (f"; speed on {args.measure} ({args.measure_dtype}), batch 1, prompt {args.prompt_len}, "
              f"{args.decode_steps} decode steps" if args.measure else ""))
     for path in (args.plot, args.json):

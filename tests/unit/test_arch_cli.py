@@ -90,7 +90,7 @@ def test_config_text_for_a_gqa_tied_row():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(hidden=1792, layers=20, heads=15, vocab=48000, expansion=2.7), "--hidden 1792 is not divisible by --heads 15"),
+    (dict(hidden=1792, layers=20, heads=15, vocab=48000, expansion=2.7), "not divisible by --heads 15"),
     (dict(hidden=1792, layers=20, heads=14, vocab=48000), "exactly one of --expansion and --ffn"),
     (dict(hidden=1792, layers=20, heads=14, vocab=48000, expansion=2.0, ffn=4096), "exactly one"),
     (dict(hidden=1792, layers=20, heads=14, vocab=48000, expansion=-1.0), "--expansion must be positive"),

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from rethinktiny.arch.measure import measure_model, measure_speed, random_model, resolve_device, resolve_dtype
+from rethinktiny.arch.measure import (measure_model, measure_rows, measure_speed, random_model, resolve_device,
+                                     resolve_dtype)
 from rethinktiny.config import get_preset
 from rethinktiny.errors import UserError
 from rethinktiny.model import generate
@@ -44,6 +45,7 @@ def test_measure_returns_positive_speeds():
     speed = measure_speed(SMALL, "cpu", "fp32", prompt_len=8, decode_steps=3, warmup_steps=1)
     assert speed.prefill_tokens_per_s > 0 and math.isfinite(speed.prefill_tokens_per_s)
     assert speed.decode_tokens_per_s > 0 and math.isfinite(speed.decode_tokens_per_s)
+    assert speed.decode_best_tokens_per_s >= speed.decode_tokens_per_s and speed.decode_cpu_s_per_token >= 0
     bf16 = measure_model(random_model(SMALL, CPU, torch.bfloat16), prompt_len=4, decode_steps=2, warmup_steps=0)
     assert bf16.decode_tokens_per_s > 0
 
@@ -60,3 +62,5 @@ def test_bad_measure_options():
         resolve_dtype("fp16", CPU)
     with pytest.raises(UserError, match="--decode-steps must be at least 1"):
         measure_speed(SMALL, decode_steps=0)
+    with pytest.raises(UserError, match="--threads must be positive"):
+        measure_rows([], threads=0)
