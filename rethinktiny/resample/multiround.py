@@ -134,7 +134,8 @@ def later_round(plan: RoundPlan, number: int, previous: RoundResult) -> RoundRes
     summary = json.loads((out / "manifest.json").read_text())["summary"]
     steps = _round_steps(plan, number, summary["num_selected"] / summary["num_batches"])
     # a dict literal: --set values are read with ast.literal_eval, which does not evaluate dict(...)
-    load = f"ckpt.load_ckpt_info={dict(path='local:' + previous.checkpoint, content=('model',), ckpt_type='internevo')!r}"
+    info = dict(path="local:" + previous.checkpoint, content=("model",), ckpt_type="internevo")
+    load = f"ckpt.load_ckpt_info={info!r}"
     if plan.mode == "copy":
         extra = [f"data.train_folder={str(out)!r}", "data.min_length=0"]
     else:

@@ -9,8 +9,6 @@ loss, as InternEvo's mixed-precision wrapper does).
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
@@ -90,12 +88,6 @@ def load_scoring_model(path: str | os.PathLike, cfg: ModelConfig, dtype: str = "
     model = PanGuPi(cfg)
     model.load_state_dict(state, strict=True)
     return model.to(device=device, dtype=DTYPES[dtype]).eval()
-
-
-def step_folder(path: str | os.PathLike) -> Path:
-    from rethinktiny.checkpoint import find_step_folder
-
-    return find_step_folder(path)
 
 
 @torch.inference_mode()

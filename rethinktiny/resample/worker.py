@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import traceback
 
 import torch
@@ -64,11 +65,17 @@ def score_share(plan: ScorePlan, rank: int, world: int, device: torch.device | s
                         f"the data changed while scoring")
     todo = batches_to_score(plan, rank, world)
     model = load_scoring_model(plan.checkpoint, ModelConfig.from_dict(plan.model), plan.dtype, device)
+    start = time.perf_counter()
     with RowReader(corpus) as reader, ScoreAppender(plan.folder, plan.attempt, rank) as out:
         for batch in tqdm(todo, desc=f"scoring ({world} rank{'s' if world > 1 else ''})", unit="batch",
                           disable=not progress or rank != 0):
             rows = [reader.row(int(row)) for row in batches[batch]]
             out.append(batch, batch_loss(model, rows, plan.label_smoothing))
+    if todo:  # steady-state rate (model loading excluded); bench/score_throughput.py reads this line
+        seconds = time.perf_counter() - start
+        tokens = len(todo) * spec.tokens_per_batch
+        print(f"[rethinktiny] scoring rank {rank}: {len(todo)} batches, {tokens} tokens in {seconds:.2f} s "
+              f"({tokens / seconds:.1f} tokens/s)", flush=True)
     return len(todo)
 
 

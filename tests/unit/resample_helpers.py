@@ -97,4 +97,5 @@ def internevo_dataset(folder, spec, min_length=None):
 
     return get_packed_dataset_without_short_length(
         str(folder), max_length_per_sample=spec.seq_len, packed_length=spec.packed_length,
-        min_length=spec.min_length if min_length is None else min_length, pack_sample_into_one=spec.pack_sample_into_one)
+        min_length=spec.min_length if min_length is None else min_length,
+        pack_sample_into_one=spec.pack_sample_into_one)
