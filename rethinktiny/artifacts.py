@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -136,15 +135,16 @@ def input_digests(paths: dict[str, str | os.PathLike | None], max_files: int = 6
 
 
 def versions() -> dict[str, str]:
-    """Versions of the libraries that decide what a result contains."""
-    found = {"python": platform.python_version()}
-    for mod in ("torch", "numpy", "sentencepiece", "internlm", "transformers"):
-        m = sys.modules.get(mod)
-        if m is not None:
-            found[mod] = str(getattr(m, "__version__", "unknown"))
-    from rethinktiny import __version__
+    """Installed versions of the libraries that decide what a result contains (read from package
+    metadata, so the answer does not depend on what this process happened to import)."""
+    from importlib import metadata
 
-    found["rethinktiny"] = __version__
+    found = {"python": platform.python_version()}
+    for dist in ("torch", "numpy", "sentencepiece", "internevo", "transformers", "rethinktiny"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
     return found
 
 
