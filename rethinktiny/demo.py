@@ -77,14 +77,18 @@ class Demo:
             log.flush()
             process = subprocess.Popen([str(c) for c in command], cwd=REPO, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True, bufsize=1)
+            last_error = ""
             for line in process.stdout:
                 log.write(line)
+                if line.startswith("error:") or "] rank" in line and "error:" in line:
+                    last_error = line.strip()
                 if _worth_showing(line):
                     print(f"  {line.rstrip()}", flush=True)
             returncode = process.wait()
         self.commands.append({"title": title, "command": shown, "seconds": round(time.time() - started, 1)})
         if returncode != 0:
-            raise StepFailed(f"{title}: `{shown}` exited with status {returncode}; log: {step_dir / 'log.txt'}")
+            cause = f"\n  {last_error}" if last_error else ""
+            raise StepFailed(f"{title}: `{shown}` exited with status {returncode}{cause}\n  log: {step_dir / 'log.txt'}")
 
     def cli(self, step_dir: Path, title: str, *args) -> None:
         self.run(step_dir, title, [sys.executable, "-m", "rethinktiny", *args])
