@@ -4,14 +4,16 @@
                                 [--corpus ../shared/data/corpus/corpus.jsonl] [--shards 4] [--process-num 2]
 
 The corpus is tokenized once into InternEvo's format (`--shards` shards, <s> ... </s> per document,
-as `rethinktiny data tokenize` writes it). Then, on the same files and the same number of worker
-processes, alternately:
-  * baseline — the seed's step1 algorithm, reimplemented here: a process pool, one task per file,
-    `json.loads` per line, a Python dict of counts, the dict dumped as JSON per file;
-  * ours — `rethinktiny.vocab.count.count_folder` (recounting every file: no resume shortcut).
-Each is timed end to end (pool start to last result written) `--repeats` times; the best wall time
-of each is compared, and so is the CPU time of all processes (steadier on a shared machine); both
-results are checked to be the same counts. Prints the ratios and writes a PNG of the timings.
+as `rethinktiny data tokenize` writes it), before any timing. Then, on the same files with the same
+number of workers (`--process-num`), alternately (the order flips every repeat):
+  * baseline — the seed's step1 algorithm, reimplemented here: a pool of `--process-num` processes,
+    one task per file, `json.loads` per line, a Python dict of counts, the dict dumped as JSON per file;
+  * ours — `rethinktiny.vocab.count.count_folder` with `--process-num` worker threads, into a new
+    folder each time (every file counted: no resume shortcut), results and manifest included.
+Each is timed end to end (pool start to last result written) `--repeats` times, in wall time and in
+CPU time of all its processes and threads (steadier on a shared machine). Reported: the best of each
+and the median of the per-repeat ratios. Both results are checked to be the same counts. Writes a
+PNG of the timings.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import math
 import multiprocessing
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -104,20 +107,45 @@ def prepare_data(tokenizer: Path, corpus: Path, shards: int, work: Path) -> Path
     return data
 
 
-def plot(seed_times: list[float], our_times: list[float], png: Path, tokens: int) -> None:
+def plot(seed_runs: list, our_runs: list, png: Path, tokens: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(["seed step1 (json + dict)", "rethinktiny vocab count"], [min(seed_times), min(our_times)],
-           color=["tab:gray", "tab:blue"])
-    ax.set_ylabel("seconds (best of runs)")
-    ax.set_title(f"counting {tokens / 1e6:.2f}M tokens: {min(seed_times) / min(our_times):.1f}x faster", fontsize=10)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, index, what in zip(axes, (0, 1), ("wall", "CPU")):
+        seed, ours = min(r[index] for r in seed_runs), min(r[index] for r in our_runs)
+        ax.bar(["seed step1\n(json + dict)", "rethinktiny\nvocab count"], [seed, ours], color=["tab:gray", "tab:blue"])
+        ax.set_ylabel(f"{what} seconds (best of runs)")
+        ax.set_title(f"{what}: {seed / ours:.1f}x faster", fontsize=10)
+    fig.suptitle(f"counting {tokens / 1e6:.2f}M tokens", fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)
+
+
+def timed_runs(data: Path, work: Path, process_num: int, repeats: int) -> tuple[list, list]:
+    """(wall, CPU) of each run of the seed's algorithm and of ours, alternating which goes first."""
+    seed_runs, our_runs = [], []
+    for repeat in range(repeats):
+        seed_dst, our_dst = work / f"seed{repeat}", work / f"ours{repeat}"
+        seed_dst.mkdir()
+        seed = lambda: seed_runs.append(timed(run_seed, data, seed_dst, process_num))  # noqa: E731
+        ours = lambda: our_runs.append(timed(run_ours, data, our_dst, process_num))  # noqa: E731
+        for run in ((seed, ours) if repeat % 2 == 0 else (ours, seed)):
+            run()
+    return seed_runs, our_runs
+
+
+def report(seed_runs: list, our_runs: list) -> None:
+    for name, runs in (("seed step1 algorithm", seed_runs), ("rethinktiny count", our_runs)):
+        print(f"{name + ':':22s} wall best {min(w for w, _ in runs):.3f} s, CPU best {min(c for _, c in runs):.3f} s"
+              f"  (runs, wall/CPU: {', '.join(f'{w:.3f}/{c:.3f}' for w, c in runs)})")
+    for index, what in ((0, "wall clock"), (1, "CPU, all processes and threads")):
+        best = min(r[index] for r in seed_runs) / min(r[index] for r in our_runs)
+        paired = statistics.median(s[index] / o[index] for s, o in zip(seed_runs, our_runs))
+        print(f"speed-up, {what}: {best:.1f}x best vs best, {paired:.1f}x median of the per-repeat ratios")
 
 
 def main() -> int:
@@ -126,33 +154,23 @@ def main() -> int:
     parser.add_argument("--corpus", type=Path, default=SHARED / "corpus" / "corpus.jsonl")
     parser.add_argument("--data", type=Path, help="an existing InternEvo data folder (skips tokenizing)")
     parser.add_argument("--shards", type=int, default=4)
-    parser.add_argument("--process-num", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--process-num", type=int, default=2, help="workers for both (seed: processes, ours: threads)")
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--png", type=Path, default=Path("bench_vocab_count.png"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        data = args.data or prepare_data(args.tokenizer, args.corpus, args.shards, work)
+        data = args.data or prepare_data(args.tokenizer, args.corpus, args.shards, work)  # not timed
         files = find_bin_files(data)
-        seed_runs, our_runs = [], []
-        for repeat in range(args.repeats):  # alternate, so both see the same machine load
-            seed_dst, our_dst = work / f"seed{repeat}", work / f"ours{repeat}"
-            seed_dst.mkdir()
-            seed_runs.append(timed(run_seed, data, seed_dst, args.process_num))
-            our_runs.append(timed(run_ours, data, our_dst, args.process_num))
-        seed_times, our_times = [w for w, _ in seed_runs], [w for w, _ in our_runs]
-        ours = merge_counts(our_dst, work / "total.json")
-        expected = seed_totals(seed_dst)
+        seed_runs, our_runs = timed_runs(data, work, args.process_num, args.repeats)
+        ours = merge_counts(work / f"ours{args.repeats - 1}", work / "total.json")
+        expected = seed_totals(work / f"seed{args.repeats - 1}")
         assert {i: int(c) for i, c in enumerate(ours) if c} == dict(expected), "counts differ"
         tokens = sum(expected.values())
-        print(f"{len(files)} files, {tokens:,} tokens, {args.process_num} worker processes, {os.cpu_count()} CPUs")
-        print(f"seed step1 algorithm: best {min(seed_times):.3f} s  (runs: {', '.join(f'{t:.3f}' for t in seed_times)})")
-        print(f"rethinktiny count:    best {min(our_times):.3f} s  (runs: {', '.join(f'{t:.3f}' for t in our_times)})")
-        seed_cpu, our_cpu = min(c for _, c in seed_runs), min(c for _, c in our_runs)
-        print(f"speed-up, wall clock: {min(seed_times) / min(our_times):.1f}x  (same counts: yes)")
-        print(f"CPU seconds, all processes: seed {seed_cpu:.3f}, ours {our_cpu:.3f} -> {seed_cpu / our_cpu:.1f}x "
-              f"(less sensitive to other load on the machine)")
-        plot(seed_times, our_times, args.png, tokens)
+        print(f"{len(files)} files, {tokens:,} tokens, {args.process_num} workers each, {os.cpu_count()} CPUs, "
+              f"load average {os.getloadavg()[0]:.1f}; same counts: yes")
+        report(seed_runs, our_runs)
+        plot(seed_runs, our_runs, args.png, tokens)
         print(f"wrote {args.png}")
     return 0
 

@@ -1,15 +1,17 @@
-"""Vectorised parsing of InternEvo `.bin` token files: every number of a file in a few numpy passes.
+"""Parsing of InternEvo `.bin` token files: every number of a block of lines in a few numpy passes.
 
 A `.bin` line is JSON, but nearly every line is in one of the two shapes the writers produce:
 
     {"tokens":[1,2,3]}        (BinWriter, compact separators)
     {"tokens": [1, 2, 3]}     (InternEvo's tokenizer tool, json.dumps defaults)
 
-`parse_bin` finds every run of digits in the file at once, reads their values eight bytes at a
-time, and checks each line against those shapes from the runs alone (prefix, the numbers filling
-the body, exactly "," or ", " between two numbers, no leading zeros, "]}" at the end). Any other
-line goes through `json.loads` (`parse_tokens`), so valid JSON in another layout still counts and a
-broken line is reported with its number, never dropped.
+A file is read in blocks of whole lines into reusable memory. A block whose lines are all in those
+shapes (and agree with the `.bin.meta` index) is checked and read as a whole by `binfast` — the
+usual case. Any other block is parsed here line by line: every run of digits is found at once, each
+line is checked against the two shapes from the runs alone (prefix, the numbers filling the body,
+exactly "," or ", " between two numbers, no leading zeros, "]}" at the end), and any other line goes
+through `json.loads` (`parse_tokens`), so valid JSON in another layout still counts and a broken
+line is reported with its number, never dropped. Token ids over MAX_TOKEN_ID are reported too.
 """
 
 from __future__ import annotations
@@ -19,17 +21,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rethinktiny.data.tokenized import parse_tokens
+from rethinktiny.vocab.binfast import (BLOCK_BYTES, MAX_TOKEN_ID, Block, Workspace, iter_line_blocks,
+                                       load_block, parse_clean_block, word_values)
 
 PREFIXES = (b'{"tokens":[', b'{"tokens": [')
 SUFFIX = b"]}"
-_COMMA, _SPACE, _ZERO, _NINE = 44, 32, 48, 57
-MAX_FAST_DIGITS = 8  # numbers up to 8 digits are assembled 8 bytes at a time (SWAR)
-# For a number of L digits, the mask keeping the last L bytes of the 8-byte word that ends with it.
-_KEEP = np.array([0] + [((1 << (8 * n)) - 1) << (8 * (8 - n)) for n in range(1, 9)], dtype=np.uint64)
-_ASCII_ZEROS = np.uint64(0x3030303030303030)
-# (multiplier, shift, mask): 8 one-digit bytes -> 4 two-digit lanes -> 2 four-digit -> 1 eight-digit
-_SWAR_STEPS = ((10, 8, 0x00FF00FF00FF00FF), (100, 16, 0x0000FFFF0000FFFF), (10000, 32, 0xFFFFFFFF))
-BLOCK_BYTES = 64 << 20  # parse 64 MiB of lines at a time: peak memory about ten times that
+_COMMA, _SPACE, _ZERO = 44, 32, 48
+MAX_DIGITS = 8  # MAX_TOKEN_ID has 8 digits: a longer number is reported without computing its value
+_SMALLEST = np.array([0, 0] + [10 ** (n - 1) for n in range(2, MAX_DIGITS + 1)], dtype=np.uint64)
 MAX_META_REPORTS = 100
 
 
@@ -40,6 +39,7 @@ class ParsedBin:
     ids: np.ndarray  # int64, every token of every counted document
     documents: int
     malformed: list[tuple[int, str]] = field(default_factory=list)  # (1-based line, reason)
+    lines: int = 0  # lines in the parsed bytes, blank ones included
 
 
 @dataclass
@@ -69,29 +69,8 @@ def _split_lines(buffer: np.ndarray) -> _Lines:
     return _Lines(starts.astype(np.int64), ends.astype(np.int64))
 
 
-def _digit_values(buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Values of the digit runs [starts, ends): each run's last 8 bytes read as one little-endian
-    word, the bytes before the run masked off, then digits combined pairwise in 3 multiply-adds.
-    Operations write in place: fresh temporaries would double the time."""
-    padded = np.concatenate([np.zeros(8, np.uint8), buffer, np.zeros(8, np.uint8)])
-    v = np.ndarray(shape=(len(padded) - 7,), dtype="<u8", buffer=padded, strides=(1,))[ends]
-    keep = _KEEP[np.minimum(ends - starts, MAX_FAST_DIGITS)]
-    np.bitwise_and(v, keep, out=v)
-    np.bitwise_and(keep, _ASCII_ZEROS, out=keep)
-    np.subtract(v, keep, out=v)  # masked first, so no borrow from a neighbouring byte
-    scratch = keep
-    for factor, shift, mask in _SWAR_STEPS:
-        np.right_shift(v, np.uint64(shift), out=scratch)
-        np.multiply(v, np.uint64(factor), out=v)
-        np.add(v, scratch, out=v)
-        np.bitwise_and(v, np.uint64(mask), out=v)
-    values = v.view(np.int64)
-    for i in np.flatnonzero(ends - starts > MAX_FAST_DIGITS):  # absurdly large ids: exact, one by one
-        values[i] = min(int(bytes(buffer[starts[i]:ends[i]])), np.iinfo(np.int64).max)
-    return values
-
-
-def _numbers(buffer: np.ndarray, lines: _Lines) -> _Numbers:
+def _numbers(block: Block, lines: _Lines, workspace: Workspace) -> _Numbers:
+    buffer = block.data
     is_digit = ((buffer - np.uint8(_ZERO)) < 10).view(np.int8)  # one pass: bytes below '0' wrap
     edges = np.diff(is_digit)
     starts, ends = np.flatnonzero(edges == 1) + 1, np.flatnonzero(edges == -1) + 1
@@ -100,7 +79,8 @@ def _numbers(buffer: np.ndarray, lines: _Lines) -> _Numbers:
     if len(is_digit) and is_digit[-1]:
         ends = np.concatenate([ends, [len(is_digit)]])
     first_of_line = np.searchsorted(starts, np.append(lines.starts, len(buffer)))
-    return _Numbers(starts, ends, _digit_values(buffer, starts, ends), first_of_line)
+    values = word_values(block.words, ends, ends - starts, workspace).copy()  # the workspace's is reused
+    return _Numbers(starts, ends, values, first_of_line)
 
 
 def _lines_of(indices: np.ndarray, numbers: _Numbers) -> np.ndarray:
@@ -138,15 +118,17 @@ def _fast_lines(buffer: np.ndarray, lines: _Lines, numbers: _Numbers) -> np.ndar
     after = padded[ends[:-1]], padded[ends[:-1] + 1]
     gap_ok = (after[0] == _COMMA) & ((gap == 1) | ((gap == 2) & (after[1] == _SPACE)))
     gap_ok[last[has & (last < len(gap_ok))]] = True  # the pair across a line break is not a gap
-    bad = np.concatenate([np.flatnonzero(~gap_ok), _bad_numbers(buffer, numbers)])
+    bad = np.concatenate([np.flatnonzero(~gap_ok), _bad_numbers(numbers)])
     fast[_lines_of(bad, numbers)] = False
     return fast
 
 
-def _bad_numbers(buffer: np.ndarray, numbers: _Numbers) -> np.ndarray:
-    """Indices of numbers JSON rejects (leading zero) or int64 cannot hold (over 18 digits)."""
+def _bad_numbers(numbers: _Numbers) -> np.ndarray:
+    """Indices of numbers JSON rejects (leading zero) or over MAX_TOKEN_ID: their lines go through
+    json, which reports them."""
     lengths = numbers.ends - numbers.starts
-    return np.flatnonzero(((buffer[numbers.starts] == _ZERO) & (lengths > 1)) | (lengths > 18))
+    too_small = numbers.values < _SMALLEST[np.minimum(lengths, MAX_DIGITS)]
+    return np.flatnonzero((lengths > MAX_DIGITS) | too_small | (numbers.values > MAX_TOKEN_ID))
 
 
 def _selected_lines(lines: _Lines, meta: np.ndarray | None, rows: np.ndarray | None,
@@ -177,71 +159,75 @@ def parse_bin(data: bytes, meta: np.ndarray | None = None, first_line: int = 1,
         first_line: line number of the first line of `data` in its file (for messages).
         meta_rows: row numbers of `meta` in the file's index (for messages).
     """
-    buffer = np.frombuffer(data, dtype=np.uint8)
+    workspace = Workspace(len(data))
+    return parse_block(load_block(data, workspace), workspace, meta, first_line, meta_rows)
+
+
+def parse_block(block: Block, workspace: Workspace, meta: np.ndarray | None = None, first_line: int = 1,
+                meta_rows: np.ndarray | None = None) -> ParsedBin:
+    """`parse_bin` of a block already in memory: the whole-block fast path when it is clean, else
+    line by line. The ids may live in `workspace` (valid until its next use)."""
+    clean = parse_clean_block(block, workspace, meta)
+    if clean is not None:
+        ids, lines = clean
+        return ParsedBin(ids, lines, [], lines)
+    return _parse_lines(block, workspace, meta, first_line, meta_rows)
+
+
+def _parse_lines(block: Block, workspace: Workspace, meta: np.ndarray | None, first_line: int,
+                 meta_rows: np.ndarray | None) -> ParsedBin:
+    """Line by line: lines in a fast shape from the digit runs, the others through json."""
+    buffer = block.data
     lines = _split_lines(buffer)
     malformed: list[tuple[int, str]] = []
     if lines.count == 0:
-        return ParsedBin(np.zeros(0, dtype=np.int64), 0, malformed)
-    numbers = _numbers(buffer, lines)
+        return ParsedBin(np.zeros(0, dtype=np.int64), 0, malformed, 0)
+    numbers = _numbers(block, lines, workspace)
     fast = _fast_lines(buffer, lines, numbers)
     selected, expected = _selected_lines(lines, meta, meta_rows, malformed)
     per_line = np.diff(numbers.first_of_line)
     counted = fast & selected
-    ids = [numbers.values if counted.all() else numbers.values[np.repeat(counted, per_line)]]
+    values = numbers.values.view(np.int64)
+    ids = [values if counted.all() else values[np.repeat(counted, per_line)]]
     mismatch = counted & (expected >= 0) & (expected != per_line)
     for n in np.flatnonzero(mismatch):
         malformed.append((int(n) + first_line, f"{per_line[n]} tokens but the .meta index says {expected[n]}"))
     documents = int(counted.sum())
     for n in np.flatnonzero(~fast & selected):
-        line = data[lines.starts[n]:lines.ends[n]]
+        line = buffer[lines.starts[n]:lines.ends[n]].tobytes()
         documents += _slow_line(int(n) + first_line, line, int(expected[n]), ids, malformed)
-    return ParsedBin(ids[0] if len(ids) == 1 else np.concatenate(ids), documents, malformed)
+    return ParsedBin(ids[0] if len(ids) == 1 else np.concatenate(ids), documents, malformed, lines.count)
 
 
-def iter_line_blocks(path, block_bytes: int = BLOCK_BYTES):
-    """(byte offset, first line number, bytes) of consecutive blocks of whole lines of a file, so
-    memory stays bounded by the block size on multi-GB shards."""
-    offset, line, carry = 0, 1, b""
-    with open(path, "rb") as f:
-        while block := f.read(block_bytes):
-            data = carry + block
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:  # a line longer than the block: keep reading
-                carry = data
-                continue
-            yield offset, line, data[:cut]
-            offset, line, carry = offset + cut, line + data.count(b"\n", 0, cut), data[cut:]
-    if carry:
-        yield offset, line, carry
-
-
-def parse_bin_file(path, meta: np.ndarray | None = None,
-                   block_bytes: int = BLOCK_BYTES) -> tuple[np.ndarray, ParsedBin]:
+def parse_bin_file(path, meta: np.ndarray | None = None, block_bytes: int = BLOCK_BYTES,
+                   workspace: Workspace | None = None) -> tuple[np.ndarray, ParsedBin]:
     """Counts (dense, index = id) and the parse report of a whole `.bin` file, block by block.
 
     Args:
         path: the `.bin` file.
         meta: its `.bin.meta` index, or None.
         block_bytes: bytes parsed at a time.
+        workspace: memory reused between blocks and files (one per thread); a new one by default.
     """
+    workspace = workspace or Workspace(block_bytes)
     counts = np.zeros(1, dtype=np.int64)
-    documents, malformed = 0, []
+    documents, malformed, line = 0, [], 1
     order = None if meta is None else np.argsort(meta[:, 0], kind="stable")
+    offsets = None if order is None else meta[order, 0]
     used = 0
-    for offset, first_line, data in iter_line_blocks(path, block_bytes):
+    for block in iter_line_blocks(path, workspace, block_bytes):
         rows = None
         if order is not None:
-            lo, hi = np.searchsorted(meta[order, 0], [offset, offset + len(data)])
+            lo, hi = np.searchsorted(offsets, [block.offset, block.offset + len(block.data)])
             rows, used = order[lo:hi], used + hi - lo
-        part_meta = None if rows is None else meta[rows] - np.array([offset, 0])
-        parsed = parse_bin(data, part_meta, first_line, rows)
-        block_counts = np.bincount(parsed.ids, minlength=1)
-        counts = _add_counts(counts, block_counts)
-        documents += parsed.documents
+        part_meta = None if rows is None else meta[rows] - np.array([block.offset, 0])
+        parsed = parse_block(block, workspace, part_meta, line, rows)
+        counts = _add_counts(counts, np.bincount(parsed.ids, minlength=1))
+        documents, line = documents + parsed.documents, line + parsed.lines
         malformed.extend(parsed.malformed)
     if meta is not None and used < len(meta):
         malformed.append((0, f".meta has {len(meta) - used} row(s) pointing past the end of the file"))
-    return counts, ParsedBin(np.zeros(0, dtype=np.int64), documents, sorted(malformed))
+    return counts, ParsedBin(np.zeros(0, dtype=np.int64), documents, sorted(malformed), line - 1)
 
 
 def _add_counts(total: np.ndarray, part: np.ndarray) -> np.ndarray:
@@ -259,6 +245,8 @@ def _slow_line(number: int, line: bytes, expected: int, ids: list, malformed: li
         tokens = parse_tokens(line)
         if any(t < 0 for t in tokens):
             raise ValueError("negative token id")
+        if any(t > MAX_TOKEN_ID for t in tokens):  # a dense count array that large is no tokenizer's
+            raise ValueError(f"token id {max(tokens)} over {MAX_TOKEN_ID}")
     except ValueError as err:
         malformed.append((number, str(err)))
         return 0

@@ -16,28 +16,38 @@ With a `.bin.meta` index the documents are the lines it points at (what InternEv
 each line's token count is checked against it. A file whose result exists with the same size and
 modification time is not read again, so an interrupted run on a large corpus resumes.
 
-Speed: lines are checked and all their numbers read with whole-file numpy operations
-(`binparse.py`); only lines in an unexpected layout go through `json.loads`.
+Speed: blocks of lines are checked and all their numbers read with whole-block numpy operations
+(`binfast.py`, `binparse.py`); only lines in an unexpected layout go through `json.loads`. Files are
+counted by `process_num` worker threads: numpy releases the GIL in its array operations, so threads
+use as many cores as processes would, without starting processes or copying results between them.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from rethinktiny.artifacts import write_manifest
+from rethinktiny.artifacts import build_manifest, dumps_json
 from rethinktiny.data.tokenized import read_meta, require_bin_files
 from rethinktiny.errors import UserError
+from rethinktiny.vocab.binfast import Workspace
 from rethinktiny.vocab.binparse import parse_bin_file
 
 COUNTS_FORMAT = "rethinktiny.token_counts.v1"
 MAX_LISTED_MALFORMED = 100
+# Four-character groups of a decimal, by index: "0000".."9999", then "   0".."9999", then "    ".
+_SPACE_PADDED, _BLANK = 10000, 20000
+_GROUP_TEXT = np.array([b"%04d" % n for n in range(10000)] + [b"%4d" % n for n in range(10000)] + [b"    "],
+                       dtype="S4").view(np.uint32)
+
+
 @dataclass
 class FileCounts:
     """Token counts of one `.bin` file and what was wrong with it."""
@@ -57,31 +67,68 @@ def result_name(bin_path: Path, src: Path) -> str:
     return str(bin_path.relative_to(src)).replace(os.sep, "__") + ".json"
 
 
-def count_file(path: str | os.PathLike, src: str | os.PathLike | None = None) -> FileCounts:
+def count_file(path: str | os.PathLike, src: str | os.PathLike | None = None,
+               workspace: Workspace | None = None) -> FileCounts:
     """Count token ids in one `.bin` file.
 
     Args:
         path: the `.bin` file (a `.bin.meta` next to it is used when present).
         src: folder the source name is taken relative to (default: the file's own folder).
+        workspace: parse memory to reuse (one per thread); a new one by default.
     """
     path = Path(path)
-    counts, parsed = parse_bin_file(path, read_meta(path))
+    counts, parsed = parse_bin_file(path, read_meta(path), workspace=workspace)
     source = str(path.relative_to(src)) if src is not None else path.name
     return FileCounts(source, counts, parsed.documents, parsed.malformed)
 
 
-def result_body(counted: FileCounts, path: Path) -> dict:
-    """The JSON result of one file (see the module docstring)."""
-    stat = path.stat()
-    nonzero = np.flatnonzero(counted.counts)
-    return {
-        "format": COUNTS_FORMAT, "source": counted.source,
-        "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns,
-        "documents": counted.documents, "tokens": counted.tokens,
-        "ids": nonzero.tolist(), "counts": counted.counts[nonzero].tolist(),
-        "malformed_lines": len(counted.malformed),
-        "malformed": [{"line": n, "reason": r} for n, r in counted.malformed[:MAX_LISTED_MALFORMED]],
-    }
+def result_json(counted: FileCounts, stat: os.stat_result) -> str:
+    """The JSON result of one file (see the module docstring), one line. The id and count lists
+    are formatted with numpy (`join_decimal`): `json.dumps` of their tens of thousands of ints cost
+    a third of the parse.
+
+    Args:
+        counted: the file's counts.
+        stat: the file's `os.stat` taken before it was read (a file changed meanwhile is recounted).
+    """
+    nonzero = np.flatnonzero(counted.counts != 0)  # via bool: five times faster than on int64
+    head = {"format": COUNTS_FORMAT, "source": counted.source,
+            "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns,
+            "documents": counted.documents, "tokens": counted.tokens}
+    tail = {"malformed_lines": len(counted.malformed),
+            "malformed": [{"line": n, "reason": r} for n, r in counted.malformed[:MAX_LISTED_MALFORMED]]}
+    compact = dict(separators=(",", ":"), ensure_ascii=False)
+    return (f'{json.dumps(head, **compact)[:-1]},"ids":[{join_decimal(nonzero)}],'
+            f'"counts":[{join_decimal(counted.counts[nonzero])}],{json.dumps(tail, **compact)[1:]}')
+
+
+def join_decimal(values: np.ndarray) -> str:
+    """The body of a JSON list of non-negative integers, as whole-array operations: each value right
+    aligned to the widest with spaces (whitespace JSON allows), so every entry has the same width
+    and no per-value work is left. Values are built from a table of four-character groups.
+
+    Args:
+        values: integers >= 0 (int64).
+    """
+    values = np.asarray(values, dtype=np.int64)
+    if len(values) == 0:
+        return ""
+    width = len(str(int(values.max())))
+    groups = (width + 3) // 4
+    padded = np.empty((len(values), groups), dtype=np.uint32)  # four ASCII characters each
+    rest = values
+    for group in range(groups - 1, -1, -1):  # least significant first
+        quotient = rest // 10000
+        index = rest - quotient * 10000
+        index += _SPACE_PADDED * (quotient == 0)  # the leading group: "  12", not "0012"
+        if group < groups - 1:
+            index[rest == 0] = _BLANK  # above the leading group
+        padded[:, group] = _GROUP_TEXT[index]
+        rest = quotient
+    chars = np.empty((len(values), width + 1), dtype=np.uint8)  # the value, then a comma
+    chars[:, :width] = padded.view(np.uint8)[:, 4 * groups - width:]
+    chars[:, width] = ord(",")
+    return chars.tobytes()[:-1].decode("ascii")
 
 
 def _current_result(result_path: Path, bin_path: Path) -> dict | None:
@@ -105,20 +152,22 @@ def _summary_of(body: dict) -> dict:
             "malformed": [(m["line"], m["reason"]) for m in listed[:1]]}
 
 
-def _count_job(job: tuple[str, str, str, bool]) -> dict:
-    """Worker: count one file, write its result (unless strict and malformed); return a summary."""
+def _count_job(job: tuple[str, str, str, bool], workspace: Workspace) -> dict:
+    """Count one file, write its result (unless strict and malformed); return a summary."""
     bin_path, src, result_path, strict = job
-    counted = count_file(bin_path, src)
+    stat = os.stat(bin_path)
+    counted = count_file(bin_path, src, workspace)
     summary = {"source": counted.source, "documents": counted.documents, "tokens": counted.tokens,
                "malformed": counted.malformed[:1], "malformed_lines": len(counted.malformed)}
     if not (strict and counted.malformed):
-        _write_result(Path(result_path), json.dumps(result_body(counted, Path(bin_path)), separators=(",", ":")))
+        _write_result(Path(result_path), result_json(counted, stat))
     return summary
 
 
 def _write_result(path: Path, text: str) -> None:
-    """Atomic (temporary name, then rename) but without fsync: a result lost in a power cut is
-    unreadable or missing, and the next run simply counts that file again."""
+    """Atomic (temporary name, then rename) but without fsync, for results and the manifest: one
+    lost in a power cut is unreadable or missing, and the next run counts that file again (and
+    writes the manifest again). An fsync per file cost more than counting it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         tmp.write_text(text, encoding="utf-8")
@@ -156,12 +205,32 @@ def _plan(src: Path, dst: Path, strict: bool, force: bool, summary: CountSummary
     return jobs, reused
 
 
-def _run_jobs(jobs: list[tuple], process_num: int) -> list[dict]:
-    if process_num <= 1 or len(jobs) <= 1:
-        return [_count_job(job) for job in tqdm(jobs, desc="count", unit="file", disable=len(jobs) < 2)]
-    context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-    with context.Pool(processes=min(process_num, len(jobs))) as pool:
-        return list(tqdm(pool.imap_unordered(_count_job, jobs), total=len(jobs), desc="count", unit="file"))
+def _run_jobs(jobs: list[tuple], workers: int) -> list[dict]:
+    """Count the files in `workers` threads, each with its own parse memory."""
+    if workers <= 1 or len(jobs) <= 1:
+        workspace = Workspace()
+        return [_count_job(job, workspace) for job in tqdm(jobs, desc="count", unit="file", disable=len(jobs) < 2)]
+    local, cancel = threading.local(), threading.Event()
+
+    def run(job: tuple) -> dict:
+        if not hasattr(local, "workspace"):
+            local.workspace = Workspace(cancel=cancel)
+        return _count_job(job, local.workspace)
+
+    summaries: list[dict] = []
+    with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool, \
+            tqdm(total=len(jobs), desc="count", unit="file") as progress:
+        futures = [pool.submit(run, job) for job in jobs]
+        try:
+            for future in as_completed(futures):
+                summaries.append(future.result())
+                progress.update()
+        except BaseException:  # an error or Ctrl-C: the other workers stop at their next block
+            cancel.set()
+            for future in futures:
+                future.cancel()
+            raise
+    return summaries
 
 
 def count_folder(src: str | os.PathLike, dst: str | os.PathLike, process_num: int | None = None,
@@ -171,7 +240,8 @@ def count_folder(src: str | os.PathLike, dst: str | os.PathLike, process_num: in
     Args:
         src: InternEvo tokenized data folder (searched recursively, following links).
         dst: result folder (created; results of unchanged files from an earlier run are kept).
-        process_num: worker processes (default: all CPUs).
+        process_num: parallel workers (threads; numpy releases the GIL, so each can use a core;
+            default: all CPUs).
         strict: a malformed line is an error (naming file and line) instead of being reported.
         force: recount every file even when an earlier result is current.
     """
@@ -187,8 +257,9 @@ def count_folder(src: str | os.PathLike, dst: str | os.PathLike, process_num: in
     if strict and summary.malformed_lines:
         raise UserError(f"{summary.first_malformed}: malformed line; {summary.malformed_lines} malformed "
                         f"line(s) in total (--strict)")
-    write_manifest(dst, "vocab count", dict(src=str(src), process_num=process_num, strict=strict, force=force),
-                   extra={"results": summary.results, "totals": _totals(summary)})
+    manifest = build_manifest("vocab count", dict(src=str(src), process_num=process_num, strict=strict, force=force),
+                              extra={"results": summary.results, "totals": _totals(summary)})
+    _write_result(dst / "manifest.json", dumps_json(manifest))  # like the results: no fsync (see there)
     return summary
 
 

@@ -213,3 +213,164 @@ def test_block_by_block_parse_equals_whole_file(tmp_path, with_meta):
         assert whole.documents == len(docs) + 1
     expected = _dense(Counter(t for d in docs for t in d) + (Counter() if with_meta else Counter(range(400))))
     assert np.array_equal(whole_counts[:len(expected)], expected)
+
+
+# --- the whole-block fast path (binfast) and the line-by-line path must both equal json ---
+
+MAX_ID = 16777215  # binfast.MAX_TOKEN_ID: a larger id is a reported line, not a count
+
+
+def _json_reference(data: bytes):
+    """(Counter of ids, documents, malformed line numbers) by json, line by line: the definition."""
+    counts, documents, malformed = Counter(), 0, []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            tokens = json.loads(line)["tokens"]
+            ok = isinstance(tokens, list) and all(type(t) is int and 0 <= t <= MAX_ID for t in tokens)
+        except (ValueError, TypeError, KeyError):
+            ok = False
+        if ok:
+            counts.update(tokens)
+            documents += 1
+        else:
+            malformed.append(number)
+    return counts, documents, malformed
+
+
+def _assert_parse_equals_json(data: bytes):
+    parsed = parse_bin(data)
+    counts, documents, malformed = _json_reference(data)
+    assert Counter(parsed.ids.tolist()) == counts
+    assert parsed.documents == documents and [n for n, _ in parsed.malformed] == malformed
+
+
+def _random_lines(rng, count, spaced_share=0.5, max_digits=8):
+    """Documents in both writers' layouts: empty lists, ids of one to `max_digits` digits, 0 and
+    the largest id allowed."""
+    lines, largest = [], min(MAX_ID, 10 ** max_digits - 1)
+    for _ in range(count):
+        digits = rng.integers(1, max_digits + 1)
+        tokens = rng.integers(0, 10 ** digits, size=rng.integers(0, 40)).clip(max=largest).tolist()
+        if rng.random() < 0.1:
+            tokens += [0, largest]
+        separators = (", ", ": ") if rng.random() < spaced_share else (",", ":")
+        lines.append(json.dumps({"tokens": tokens}, separators=separators).encode())
+    return lines
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_clean_blocks_take_the_fast_path_and_equal_json(seed):
+    from rethinktiny.vocab.binfast import Workspace, load_block, parse_clean_block
+    from rethinktiny.vocab.binparse import _parse_lines
+
+    rng = np.random.default_rng(seed)
+    data = b"\n".join(_random_lines(rng, 300, spaced_share=[0, 1, 0.5, 0.02][seed])) + b"\n" * (seed % 2)
+    _assert_parse_equals_json(data)
+    workspace = Workspace()
+    block = load_block(data, workspace)
+    fast = parse_clean_block(block, workspace, None)
+    assert fast is not None, "a block of writer-shaped lines must take the fast path"
+    fast_ids = fast[0].copy()
+    slow = _parse_lines(block, workspace, None, 1, None)
+    assert np.array_equal(fast_ids, slow.ids) and fast[1] == slow.documents == 300
+
+
+NEAR_MISSES = [
+    b'{"tokens":[1,,2]}', b'{"tokens":[,1]}', b'{"tokens":[1,]}', b'{"tokens":[,]}', b'{"tokens":[ ]}',
+    b'{"tokens":[01]}', b'{"tokens":[1,007]}', b'{"tokens":[0]}', b'{"tokens":[1 2]}', b'{"tokens":[1, ,2]}',
+    b'{"tokens": [1 ,2]}', b'{"tokens": [1,  2]}', b'{"tokens":[1,\t2]}', b'{"tokens":[1,2]} ',
+    b'{"tokens":[1,2]}\r', b' {"tokens":[1]}', b'{ "tokens": [1, 2] }', b'{"tokens" : [3]}',
+    b'{"tokens":[16777215]}', b'{"tokens":[16777216]}', b'{"tokens":[123456789]}', b'{"tokens":[100000001]}',
+    b'{"tokens":[99999999999999999999999]}', b'{"tokens":[-1]}', b'{"tokens":[1.5]}', b'{"tokens":[1e3]}',
+    b'{"tokens":[true]}', b'{"tokens":[NaN]}', b'{"tokens":[1,2],"x":1}', b'{"x":1,"tokens":[1]}',
+    b'{"tokens":[1],"tokens":[2]}', b'{"tokens":[[1]]}', b'{"tokens":"12"}', b'{"tokens":[1]}{"tokens":[2]}',
+    b'{"tokens":[1,2]]}', b'{"tokens":[1,2]}}', b'{"tokens":[1', b'{"tokens":[]', b'{"tokens":[\xff]}',
+    b'{"tokens":[1,2,3]}x', b'{"tokenz":[1]}', b'', b'   ', b'[1,2]', b'{"tokens":[4,5]}',
+]
+
+
+@pytest.mark.parametrize("line", NEAR_MISSES)
+@pytest.mark.parametrize("position", ["middle", "last"])
+@pytest.mark.parametrize("spaced_share", [0, 0.5])
+def test_every_other_line_equals_json(line, position, spaced_share):
+    """A line of another layout, or malformed, in the middle of a block or last (without a newline),
+    among compact lines only or both layouts (the fast path checks those two cases differently): the
+    block leaves the fast path where it must, and the result still equals json line by line."""
+    rng = np.random.default_rng(len(line))
+    good = _random_lines(rng, 20, spaced_share)
+    lines = good[:10] + [line] + good[10:] if position == "middle" else good + [line]
+    _assert_parse_equals_json(b"\n".join(lines))
+
+
+def test_fast_path_declines_what_it_cannot_prove():
+    from rethinktiny.vocab.binfast import Workspace, load_block, parse_clean_block
+
+    workspace = Workspace()
+    clean = b'{"tokens":[1,2]}\n{"tokens": [3, 4]}\n{"tokens":[]}\n'
+    compact = b'{"tokens":[1,2]}\n{"tokens": [3]}\n{"tokens":[]}\n'  # no space inside a list
+    for lines in (clean, compact):
+        assert parse_clean_block(load_block(lines, workspace), workspace, None) is not None
+        for line in NEAR_MISSES:
+            if line in (b'{"tokens":[4,5]}', b'{"tokens":[0]}', b'{"tokens":[16777215]}'):
+                continue  # clean lines
+            block = load_block(lines + line + b"\n" + lines, workspace)
+            assert parse_clean_block(block, workspace, None) is None, (lines, line)
+    # With a .meta index, only when its rows point at every line with the right counts.
+    block = load_block(clean, workspace)
+    assert parse_clean_block(block, workspace, np.array([[0, 2], [17, 2], [36, 0]])) is not None
+    for meta in ([[0, 2], [17, 2]], [[0, 2], [17, 3], [36, 0]], [[0, 2], [18, 2], [36, 0]], [[0, 3], [17, 1], [36, 0]]):
+        assert parse_clean_block(block, workspace, np.array(meta)) is None, meta
+
+
+def test_large_ids_are_reported_not_counted(tmp_path):
+    path = tmp_path / "x.bin"
+    path.write_bytes(b'{"tokens":[16777215,5]}\n{"tokens":[16777216]}\n{"tokens": [123456789012345678901]}\n')
+    counted = count_file(path)
+    assert counted.counts[16777215] == 1 and counted.counts[5] == 1 and counted.tokens == 2
+    assert [line for line, _ in counted.malformed] == [2, 3]
+    assert "over 16777215" in counted.malformed[0][1]
+
+
+def test_threads_write_the_same_results_as_one_worker(tmp_path):
+    rng = np.random.default_rng(7)
+    for name in ("a", "b", "c"):
+        path = tmp_path / "data" / "t" / f"{name}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\n".join(_random_lines(rng, 200, max_digits=5)) + b"\nbroken\n")  # small dense counts
+    one = count_folder(tmp_path / "data", tmp_path / "one", process_num=1)
+    three = count_folder(tmp_path / "data", tmp_path / "three", process_num=3)
+    assert (one.tokens, one.documents, one.malformed_lines) == (three.tokens, three.documents, three.malformed_lines)
+    for name in one.results:  # same input -> same bytes, whatever the number of workers
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "three" / name).read_bytes()
+    assert one.malformed_lines == 3 and one.first_malformed == "t/a.bin:201 (invalid JSON: Expecting value)"
+
+
+def test_join_decimal_is_a_json_list_body():
+    from rethinktiny.vocab.count import join_decimal
+
+    rng = np.random.default_rng(3)
+    edges = [0, 9, 10, 99, 100, 9999, 10000, 10001, 99990000, 10 ** 18, 2 ** 63 - 1]
+    randoms = rng.integers(0, 10 ** 7, size=1000), rng.integers(0, 2 ** 62, size=50)
+    for values in ([], [0], [5, 10000, 0], edges, *randoms):
+        values = np.asarray(values, dtype=np.int64)
+        assert json.loads("[" + join_decimal(values) + "]") == values.tolist()
+
+
+def test_a_failing_file_stops_the_other_workers(tmp_path):
+    import threading
+
+    from rethinktiny.vocab.binfast import Cancelled, Workspace
+    from rethinktiny.vocab.binparse import parse_bin_file
+
+    for name in ("a", "b", "c"):
+        write_documents(tmp_path / "data" / "t" / f"{name}.bin", [[1, 2, 3]] * 50)
+    _save_meta(tmp_path / "data" / "t" / "b.bin", [1, 2, 3])  # not [lines, 2]
+    with pytest.raises(UserError, match=r"b.bin.meta: expected an array of shape \[lines, 2\]"):
+        count_folder(tmp_path / "data", tmp_path / "out", process_num=2)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    cancel = threading.Event()
+    cancel.set()  # what the failing worker's pool does to the others
+    with pytest.raises(Cancelled):
+        parse_bin_file(tmp_path / "data" / "t" / "a.bin", workspace=Workspace(cancel=cancel))
