@@ -9,6 +9,7 @@ unless `force=True`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -134,18 +135,23 @@ def input_digests(paths: dict[str, str | os.PathLike | None], max_files: int = 6
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _installed_versions() -> tuple[tuple[str, str], ...]:
+    from importlib import metadata
+
+    found = [("python", platform.python_version())]
+    for dist in ("torch", "numpy", "sentencepiece", "internevo", "transformers", "rethinktiny"):
+        try:
+            found.append((dist, metadata.version(dist)))
+        except metadata.PackageNotFoundError:
+            continue
+    return tuple(found)
+
+
 def versions() -> dict[str, str]:
     """Installed versions of the libraries that decide what a result contains (read from package
     metadata, so the answer does not depend on what this process happened to import)."""
-    from importlib import metadata
-
-    found = {"python": platform.python_version()}
-    for dist in ("torch", "numpy", "sentencepiece", "internevo", "transformers", "rethinktiny"):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
+    return dict(_installed_versions())
 
 
 def build_manifest(command: str, args: dict[str, Any], inputs: dict[str, Any] | None = None,

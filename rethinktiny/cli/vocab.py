@@ -14,7 +14,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--src", required=True, help="tokenized data folder (searched recursively, links followed)")
     p.add_argument("--dst", required=True, help="result folder; unchanged files of an earlier run are skipped")
     p.add_argument("--process-num", "--process_num", type=int, default=os.cpu_count() or 1,
-                   dest="process_num", help="worker processes (default: all CPUs)")
+                   dest="process_num", help="parallel workers (threads) (default: all CPUs)")
     p.add_argument("--strict", action="store_true", help="a malformed line is an error")
     p.add_argument("--force", action="store_true", help="recount files even when their result is current")
     p.set_defaults(func=_count)
