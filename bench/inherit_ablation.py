@@ -194,7 +194,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--calib-tokens", type=int, default=8192)
-    parser.add_argument("--learn-steps", type=int, default=40)
+    parser.add_argument("--learn-steps", type=int, default=300)
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()

@@ -21,7 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--src-config", default=None,
                         help="shape of an InternEvo source without model_config.json (preset or config file)")
     parser.add_argument("--dtype", default="source", help="output dtype: source | bf16 | fp16 | fp32")
-    parser.add_argument("--learn-steps", type=int, default=40, help="optimisation steps for --width learnable")
+    parser.add_argument("--learn-steps", type=int, default=300, help="optimisation steps for --width learnable")
     parser.add_argument("--micro-rows", type=int, default=4, help="calibration rows per forward/backward call")
     parser.add_argument("--force", action="store_true", help="replace an existing --dst")
     parser.set_defaults(func=_inherit)

@@ -162,7 +162,7 @@ def inherit(src: str | Path, target: str | ModelConfig, dst: str | Path, layers:
             width: str = "l2", calib: str | Path | None = None, calib_tokens: int = 16384,
             calib_seq_len: int = 512, token_map: str | Path | None = None, seed: int = 0,
             force: bool = False, src_config: str | ModelConfig | None = None, dtype: str = "source",
-            learn_steps: int = 40, micro_rows: int = 4) -> Path:
+            learn_steps: int = 300, micro_rows: int = 4) -> Path:
     """Build the target's starting weights out of `src` and write them to `dst`.
 
     Args:
@@ -182,7 +182,7 @@ def inherit(src: str | Path, target: str | ModelConfig, dst: str | Path, layers:
         force: replace an existing `dst`.
         src_config: shape of an InternEvo source without a model config file.
         dtype: output dtype: source, bf16, fp16 or fp32.
-        learn_steps: optimisation steps of the learnable gates.
+        learn_steps: optimisation steps of the learnable masks.
         micro_rows: calibration rows per forward/backward call (bounds attention memory).
     Returns:
         `dst`.

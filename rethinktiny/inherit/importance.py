@@ -8,9 +8,9 @@ Every metric returns `WidthScores` (higher = keep) for the kept source layers:
   hidden states at a time;
 - `taylor` (LLM-Pruner's first order): sum over a unit's weights of |w * dL/dw| on calibration
   data, with gradients from the layer-wise backward pass (`layerwise.py`);
-- `learnable`: sigmoid gates on heads, neurons and hidden channels trained on calibration data
-  with the LM loss plus a penalty pulling the mean gate of each kind to its keep ratio; the final
-  gate values are the scores (deterministic gates, no sampling);
+- `learnable`: hard-concrete masks on heads, neurons and hidden channels trained on calibration
+  data with the LM loss under a target-size constraint (augmented Lagrangian, as Sheared-LLaMA);
+  the final keep probabilities are the scores;
 - `random`: seeded random scores (the baseline).
 Scores are computed on the depth-pruned model (the kept layers only), which is the model the
 student will be. A GQA group's score sums its query heads' scores and its own k/v weights' share.
@@ -211,7 +211,7 @@ def activation_scores(source: Source, layers: list[int], ids: torch.Tensor, micr
 
     final, _ = run_layers_forward(runner, ids, visit=visit, hooks=hooks)
     bar.close()
-    norm, _ = runner.head()
+    norm = runner.final_norm()
     with torch.no_grad():
         scores.hidden += norm(final).abs().sum((0, 1), dtype=torch.float64) / tokens
     return scores
@@ -279,54 +279,85 @@ def _embedding_taylor(source: Source, ids: torch.Tensor, grad: torch.Tensor, voc
     return (rows * row_grads).abs().sum(0)
 
 
-# ---- learnable gates -----------------------------------------------------------------------------
+# ---- learnable gates (hard concrete, Sheared-LLaMA style) ---------------------------------------
+
+# Hard-concrete distribution (Louizos et al. 2018): stretched to (GAMMA, ZETA) and clipped to [0, 1],
+# so sampled gates are exactly 0 or 1 with non-zero probability.
+HC_BETA, HC_GAMMA, HC_ZETA = 2.0 / 3.0, -0.1, 1.1
+
+
+def hard_concrete_sample(log_alpha: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A differentiable gate sample in [0, 1] (reparameterised through `log_alpha`)."""
+    u = torch.rand(log_alpha.shape, generator=gen).clamp(1e-6, 1 - 1e-6)
+    s = torch.sigmoid((u.log() - (1 - u).log() + log_alpha) / HC_BETA)
+    return (s * (HC_ZETA - HC_GAMMA) + HC_GAMMA).clamp(0.0, 1.0)
+
+
+def hard_concrete_keep_probability(log_alpha: torch.Tensor) -> torch.Tensor:
+    """P(gate > 0): the expected L0 size of a unit."""
+    return torch.sigmoid(log_alpha - HC_BETA * torch.log(torch.tensor(-HC_GAMMA / HC_ZETA)))
+
 
 def learnable_scores(source: Source, layers: list[int], ids: torch.Tensor, target: ModelConfig,
-                     steps: int = 40, lr: float = 0.05, penalty_weight: float = 10.0, micro_rows: int = 4,
+                     steps: int = 300, lr: float = 0.1, dual_lr: float = 1.0, micro_rows: int = 4,
                      seed: int = 0) -> WidthScores:
-    """Train sigmoid gates with the LM loss plus a keep-ratio penalty; scores = final gates.
+    """Learn hard-concrete masks on heads, FFN neurons and hidden channels under a target size;
+    scores = each unit's final keep probability.
 
-    Each step runs `micro_rows` calibration rows forward and backward layer by layer, so the
-    memory is one layer's weights plus the kept layers' inputs.
+    Sampled masks switch units fully off, so the LM loss sees the effect of removing them (the
+    first-order signal of deterministic gates near 1 is ~0 at a trained optimum). The size
+    constraint "expected kept share of each kind <= its keep ratio" uses an augmented Lagrangian
+    as Sheared-LLaMA: loss + sum_k lam_k e_k + e_k^2, the multipliers lam_k rising by dual ascent
+    while the masks are too large. Each step runs `micro_rows` calibration rows forward and
+    backward layer by layer, so memory is one layer's weights plus the kept layers' inputs.
 
     Args:
         source: the checkpoint.
         layers: kept source layers.
         ids: [rows, seq] calibration tokens in the source vocabulary.
-        target: the target shape (its keep ratios set the penalty's goal).
+        target: the target shape (its keep ratios are the constraint).
         steps: optimisation steps.
-        lr: Adam learning rate on the gate logits.
-        penalty_weight: weight of the squared distance between mean gates and keep ratios.
+        lr: Adam learning rate on the mask parameters log_alpha.
+        dual_lr: ascent rate of the Lagrange multipliers.
         micro_rows: rows per step.
-        seed: order of calibration rows.
+        seed: order of calibration rows and mask samples.
     """
     cfg = source.config
     if steps < 1:
-        raise UserError(f"learnable gates need at least one step, got {steps}")
-    logits = _initial_gate_logits(cfg, layers)
+        raise UserError(f"learnable masks need at least one step, got {steps}")
+    log_alpha = _initial_mask_parameters(cfg, layers)
     ratios = {"hidden": target.hidden_size / cfg.hidden_size,
               "heads": target.num_attention_heads / cfg.num_attention_heads,
               "ffn": target.intermediate_size / cfg.intermediate_size}
-    optimizer = torch.optim.Adam([logits["hidden"], *logits["heads"].values(), *logits["ffn"].values()], lr=lr)
-    order = torch.randperm(ids.shape[0], generator=torch.Generator().manual_seed(seed))
+    multipliers = {kind: 0.0 for kind in ratios}
+    optimizer = torch.optim.Adam([log_alpha["hidden"], *log_alpha["heads"].values(), *log_alpha["ffn"].values()],
+                                 lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(ids.shape[0], generator=gen)
     runner = LayerRunner(source, layers, micro_rows)
     losses = []
-    for step in tqdm(range(steps), desc="learnable gates", unit="step"):
+    for step in tqdm(range(steps), desc="learnable masks", unit="step"):
         rows = order[(torch.arange(micro_rows) + step * micro_rows) % ids.shape[0]]
         optimizer.zero_grad()
-        gates = Gates({i: t.sigmoid() for i, t in logits["heads"].items()},
-                      {i: t.sigmoid() for i, t in logits["ffn"].items()}, logits["hidden"].sigmoid())
+        gates = Gates({i: hard_concrete_sample(t, gen) for i, t in log_alpha["heads"].items()},
+                      {i: hard_concrete_sample(t, gen) for i, t in log_alpha["ffn"].items()},
+                      hard_concrete_sample(log_alpha["hidden"], gen))
         loss, gate_grads = _gate_gradients(runner, ids[rows], gates)
         losses.append(loss)
-        # LM-loss gradients arrive per gate; the penalty is differentiated through the same graph.
-        penalty = _size_penalty(gates, ratios, penalty_weight)
+        excess = _size_excess(log_alpha, ratios)
+        penalty = sum(multipliers[k] * e + e ** 2 for k, e in excess.items())
+        # LM-loss gradients arrive per sampled gate; the penalty is differentiated directly.
         torch.autograd.backward([*_gate_list(gates), penalty], [*gate_grads, None])
         optimizer.step()
-    return _gate_scores(logits, cfg, losses)
+        for kind, e in excess.items():  # dual ascent; the constraint is one-sided, so lam >= 0
+            multipliers[kind] = max(0.0, multipliers[kind] + dual_lr * float(e.detach()))
+    scores = _mask_scores(log_alpha, cfg, losses)
+    scores.extra["mask_multipliers"] = {k: round(v, 6) for k, v in multipliers.items()}
+    return scores
 
 
-def _initial_gate_logits(cfg: ModelConfig, layers: list[int]) -> dict:
-    # All gates start equal (sigmoid(3) ~ 0.95): the data alone breaks the ties.
+def _initial_mask_parameters(cfg: ModelConfig, layers: list[int]) -> dict:
+    # Every unit starts equal and almost surely on (keep probability ~0.99): the data breaks ties.
     start = lambda n: torch.full((n,), 3.0, requires_grad=True)  # noqa: E731
     return {"hidden": start(cfg.hidden_size),
             "heads": {i: start(cfg.num_attention_heads) for i in layers},
@@ -350,23 +381,25 @@ def _gate_gradients(runner: LayerRunner, ids: torch.Tensor, gates: Gates) -> tup
     return loss, [leaf.grad for leaf in _gate_list(leaves)]
 
 
-def _size_penalty(gates: Gates, ratios: dict[str, float], weight: float) -> torch.Tensor:
-    heads = torch.cat(list(gates.heads.values())).mean()
-    ffn = torch.cat(list(gates.ffn.values())).mean()
-    return weight * ((gates.hidden.mean() - ratios["hidden"]) ** 2 + (heads - ratios["heads"]) ** 2
-                     + (ffn - ratios["ffn"]) ** 2)
+def _size_excess(log_alpha: dict, ratios: dict[str, float]) -> dict[str, torch.Tensor]:
+    """Expected kept share minus keep ratio, per kind of unit."""
+    keep = hard_concrete_keep_probability
+    return {"hidden": keep(log_alpha["hidden"]).mean() - ratios["hidden"],
+            "heads": keep(torch.cat(list(log_alpha["heads"].values()))).mean() - ratios["heads"],
+            "ffn": keep(torch.cat(list(log_alpha["ffn"].values()))).mean() - ratios["ffn"]}
 
 
-def _gate_scores(logits: dict, cfg: ModelConfig, losses: list[float]) -> WidthScores:
+def _mask_scores(log_alpha: dict, cfg: ModelConfig, losses: list[float]) -> WidthScores:
     group = cfg.num_attention_heads // cfg.num_kv_heads
+    keep = hard_concrete_keep_probability
     with torch.no_grad():
-        scores = WidthScores("learnable", logits["hidden"].sigmoid().double())
-        for i, t in logits["heads"].items():
-            scores.heads[i] = t.sigmoid().double()
+        scores = WidthScores("learnable", keep(log_alpha["hidden"]).double())
+        for i, t in log_alpha["heads"].items():
+            scores.heads[i] = keep(t).double()
             scores.kv_heads[i] = scores.heads[i].view(cfg.num_kv_heads, group).sum(1)
-        for i, t in logits["ffn"].items():
-            scores.ffn[i] = t.sigmoid().double()
-    scores.extra["gate_losses"] = [round(x, 6) for x in losses]
+        for i, t in log_alpha["ffn"].items():
+            scores.ffn[i] = keep(t).double()
+    scores.extra["mask_losses"] = [round(x, 6) for x in losses]
     return scores
 
 

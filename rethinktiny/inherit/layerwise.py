@@ -69,14 +69,17 @@ class LayerRunner:
         flat = table.index_select(0, ids.reshape(-1)).float()
         return flat.view(*ids.shape, -1)
 
-    def head(self, requires_grad: bool = False) -> tuple[RMSNorm, torch.Tensor]:
-        """Final norm module and output matrix (float32)."""
+    def final_norm(self, requires_grad: bool = False) -> RMSNorm:
+        """The final RMSNorm (float32)."""
         with torch.device("meta"):
             norm = RMSNorm(self.cfg.hidden_size, self.cfg.norm_eps)
         norm.load_state_dict({"weight": self.source.tensor("norm.weight").float()}, assign=True)
-        output = self.source.tensor("output.weight").float()
-        norm.requires_grad_(requires_grad)
-        return norm, output.requires_grad_(requires_grad)
+        return norm.requires_grad_(requires_grad)
+
+    def head(self, requires_grad: bool = False) -> tuple[RMSNorm, torch.Tensor]:
+        """Final norm module and output matrix (float32; a copy, so its gradient is ours)."""
+        output = self.source.tensor("output.weight").to(torch.float32, copy=True)
+        return self.final_norm(requires_grad), output.requires_grad_(requires_grad)
 
     def chunks(self, rows: int) -> list[slice]:
         return [slice(i, min(i + self.micro_rows, rows)) for i in range(0, rows, self.micro_rows)]

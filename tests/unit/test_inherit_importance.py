@@ -7,8 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from rethinktiny.inherit.calib import calibration_batches
+from rethinktiny.checkpoint import save_model_only
 from rethinktiny.inherit.importance import (LayerSums, _gate_gradients, activation_scores, block_influence,
-                                            layer_unit_scores, magnitude_scores, taylor_scores)
+                                            hard_concrete_keep_probability, hard_concrete_sample, layer_unit_scores,
+                                            learnable_scores, magnitude_scores, taylor_scores)
+from rethinktiny.inherit.layers import top_indices
 from rethinktiny.inherit.layerwise import Gates, LayerRunner, full_model_reference, gate_hooks
 from rethinktiny.inherit.sources import open_source, release_mapped_files
 from tests.unit.test_inherit_prune import CFG, make_source
@@ -164,3 +167,32 @@ def test_release_drops_mapped_pages_and_keeps_data(tmp_path):
     assert release_mapped_files([tmp_path / "big.pt"]) >= 32 * 1024 * 1024
     assert touched - rss_file_kib() > 24 * 1024
     assert float(w.sum()) == total  # pages fault back in from the file
+
+
+def test_hard_concrete_masks_reach_exact_zero_and_one():
+    gen = torch.Generator().manual_seed(0)
+    samples = hard_concrete_sample(torch.full((20000,), 0.0), gen)
+    assert samples.min() == 0.0 and samples.max() == 1.0
+    assert 0.1 < float((samples == 0).float().mean()) < 0.5  # a real chance of switching a unit off
+    # the expected L0 share matches how often a sample is non-zero
+    for log_alpha in (-1.0, 0.0, 2.0):
+        rate = float((hard_concrete_sample(torch.full((20000,), log_alpha), gen) > 0).float().mean())
+        assert rate == pytest.approx(float(hard_concrete_keep_probability(torch.tensor(log_alpha))), abs=0.02)
+
+
+def test_learnable_masks_drop_dead_neurons_and_meet_the_size(tmp_path):
+    """Neurons whose weights are zero cannot help the loss: the learned masks must drop them first."""
+    model = make_source(tmp_path / "src", CFG)
+    state = model.state_dict()
+    dead = torch.arange(CFG.intermediate_size // 2, CFG.intermediate_size)  # the upper half of every layer
+    for i in range(CFG.num_layers):
+        for name, dim in (("w1", 0), ("w3", 0), ("w2", 1)):
+            state[f"layers.{i}.feed_forward.{name}.weight"].index_fill_(dim, dead, 0.0)
+    save_model_only(tmp_path / "dead", state, CFG)
+    source = open_source(tmp_path / "dead")
+    target = CFG.replace(intermediate_size=CFG.intermediate_size // 2)
+    scores = learnable_scores(source, KEPT, IDS, target, steps=60, micro_rows=6)
+    for index in KEPT:
+        kept = top_indices(scores.ffn[index], target.intermediate_size)
+        assert float(torch.isin(kept, dead).float().mean()) < 0.1, index
+    assert scores.extra["mask_multipliers"]["ffn"] > 0 == scores.extra["mask_multipliers"]["hidden"]
