@@ -11,6 +11,7 @@
    inheritance (step 0) and after training.
 
     python bench/inherit_ablation.py [--teacher-steps 600] [--student-steps 300] [--seeds 0]
+    python bench/inherit_ablation.py --reuse-work outputs/inherit_ablation/work --seeds 1 2 --out ...
 
 Writes results.json and loss_curves.png to --out (default outputs/inherit_ablation/).
 The paper's ordering (random < L1 < L2 < Taylor < learnable) is what this measures, not assumes.
@@ -167,6 +168,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # eleven variants: the default cycle repeats
     for label, curves in results.items():
         steps = [s for s, _ in curves[0]]
         mean = [sum(c[i][1] for c in curves) / len(curves) for i in range(len(steps))]
@@ -176,6 +178,18 @@ def plot(results: dict, path: Path) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def train_teacher(args, train_stream: torch.Tensor, valid: torch.Tensor, folder: Path) -> list[tuple[int, float]]:
+    cfg = ModelConfig(hidden_size=args.teacher_hidden, num_layers=args.teacher_layers,
+                      num_attention_heads=args.teacher_hidden // 64, num_kv_heads=args.teacher_hidden // 64,
+                      intermediate_size=args.teacher_ffn, vocab_size=args.vocab, name="teacher")
+    torch.manual_seed(0)
+    teacher = PanGuPi(cfg)
+    curve = train(teacher, batches(train_stream, args.teacher_steps, args.rows, args.seq, seed=7), valid,
+                  args.lr, "teacher", args.eval_every)
+    save_model_only(folder, teacher.state_dict(), cfg)
+    return curve
 
 
 def main() -> None:
@@ -197,31 +211,33 @@ def main() -> None:
     parser.add_argument("--learn-steps", type=int, default=300)
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--reuse-work", default=None,
+                        help="work folder of an earlier run: reuse its tokenized data and trained teacher")
     args = parser.parse_args()
 
     out = Path(args.out)
-    work = out / "work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    train_dir, train_stream, valid_stream = prepare_data(work, args.vocab)
+    if args.reuse_work:  # data, tokenizer and teacher of an earlier run (more seeds, less time)
+        work = Path(args.reuse_work)
+        train_dir, train_stream, valid_stream = work / "train", token_stream(work / "train"), token_stream(work / "valid")
+    else:
+        work = out / "work"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        train_dir, train_stream, valid_stream = prepare_data(work, args.vocab)
     valid = held_out(valid_stream, 64, args.seq)
     print(f"data: {len(train_stream)} training tokens, {valid.numel()} held-out tokens", flush=True)
-
-    teacher_cfg = ModelConfig(hidden_size=args.teacher_hidden, num_layers=args.teacher_layers,
-                              num_attention_heads=args.teacher_hidden // 64, num_kv_heads=args.teacher_hidden // 64,
-                              intermediate_size=args.teacher_ffn, vocab_size=args.vocab, name="teacher")
-    torch.manual_seed(0)
-    teacher = PanGuPi(teacher_cfg)
-    teacher_curve = train(teacher, batches(train_stream, args.teacher_steps, args.rows, args.seq, seed=7), valid,
-                          args.lr, "teacher", args.eval_every)
-    save_model_only(work / "teacher", teacher.state_dict(), teacher_cfg)
+    if args.reuse_work:
+        teacher_curve = [(args.teacher_steps, evaluate(load(work / "teacher"), valid))]
+    else:
+        teacher_curve = train_teacher(args, train_stream, valid, work / "teacher")
 
     results = run_students(args, work, work / "teacher", train_dir, train_stream, valid)
-    print_table(results, teacher_curve[-1][1])
-    plot(results, out / "loss_curves.png")
     (out / "results.json").write_text(json.dumps({"args": vars(args), "teacher": teacher_curve, "students": results},
                                                  indent=1))
+    print_table(results, teacher_curve[-1][1])
+    plot(results, out / "loss_curves.png")
     print(f"\ntotal {time.perf_counter() - start:.0f} s; wrote {out / 'results.json'} and {out / 'loss_curves.png'}")
 
 

@@ -74,8 +74,17 @@ def test_bin_and_sharded_safetensors_read_the_same(tmp_path):
     (tmp_path / "bin").mkdir()
     torch.save(hf.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
     shutil.copy(tmp_path / "single" / "config.json", tmp_path / "bin")
+    (tmp_path / "bin-sharded").mkdir()
+    names = sorted(hf.state_dict())
+    weight_map = {}
+    for part, chunk in enumerate((names[:len(names) // 2], names[len(names) // 2:])):
+        file = f"pytorch_model-{part + 1:05d}-of-00002.bin"
+        torch.save({n: hf.state_dict()[n] for n in chunk}, tmp_path / "bin-sharded" / file)
+        weight_map.update({n: file for n in chunk})
+    (tmp_path / "bin-sharded" / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    shutil.copy(tmp_path / "single" / "config.json", tmp_path / "bin-sharded")
     reference = _our_state(open_source(tmp_path / "single"))
-    for other in ("sharded", "bin"):
+    for other in ("sharded", "bin", "bin-sharded"):
         state = _our_state(open_source(tmp_path / other))
         for name in reference:
             assert torch.equal(state[name], reference[name]), (other, name)
