@@ -37,13 +37,13 @@ def step_make(workdir: Path, preset: str, dtype_name: str) -> dict:
 
     from rethinktiny.checkpoint import save_model_only
     from rethinktiny.config import get_preset
-    from rethinktiny.convert.export import expected_shapes
+    from rethinktiny.model import parameter_shapes
 
     cfg = get_preset(preset)
     dtype = getattr(torch, dtype_name)
     generator = torch.Generator().manual_seed(0)
     state = {name: torch.randn(shape, generator=generator, dtype=torch.float32).mul_(0.02).to(dtype)
-             for name, shape in expected_shapes(cfg).items()}
+             for name, shape in parameter_shapes(cfg).items()}
     save_model_only(workdir / "ckpt", state, cfg)
     return {"params": cfg.num_params()}
 

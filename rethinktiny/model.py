@@ -290,6 +290,16 @@ class PanGuPi(nn.Module):
         return self.output(self.norm(hidden))
 
 
+def parameter_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every state-dict name of `PanGuPi(cfg)` with its shape, in model order.
+
+    Built on the meta device, so asking for a 7B shape allocates nothing.
+    """
+    with torch.device("meta"):
+        model = PanGuPi(cfg)
+    return {name: tuple(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
+
+
 @torch.no_grad()
 def generate(model: PanGuPi, prompt_ids: Sequence[int], max_new_tokens: int, eos_id: int | None = None,
              temperature: float = 0.0, generator: torch.Generator | None = None) -> list[int]:

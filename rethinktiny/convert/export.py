@@ -22,6 +22,7 @@ from rethinktiny.convert.safetensors_io import TensorSpec, parse_size, write_sha
 from rethinktiny.convert.tokenizer_files import (DEFAULT_SPECIAL_IDS, check_tokenizer, resolve_sentencepiece,
                                                  write_tokenizer_files)
 from rethinktiny.errors import UserError
+from rethinktiny.model import parameter_shapes
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -59,15 +60,6 @@ def open_checkpoint(src: str | os.PathLike, config: ModelConfig | str | os.PathL
         raise UserError(f"{ckpt.folder}: no model_config.json or model_config.pt; pass the InternEvo "
                         f"config file with --config")
     return ckpt
-
-
-def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Our parameter names and shapes for `cfg`, in model order (built on the meta device: no memory)."""
-    from rethinktiny.model import PanGuPi
-
-    with torch.device("meta"):
-        model = PanGuPi(cfg)
-    return {name: tuple(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
 
 
 def check_source_keys(ckpt: InternEvoCheckpoint, expected: dict[str, tuple[int, ...]]) -> list[str]:
@@ -148,7 +140,7 @@ def to_hf(src: str | os.PathLike, dst: str | os.PathLike, tokenizer: str | os.Pa
     ckpt = open_checkpoint(src, config)
     cfg = ckpt.config
     require_llama_equivalent(cfg, str(ckpt.folder))
-    expected = expected_shapes(cfg)
+    expected = parameter_shapes(cfg)
     ignored = check_source_keys(ckpt, expected)
     sp_model = resolve_sentencepiece(tokenizer) if tokenizer is not None else None
     special = check_tokenizer(sp_model, cfg.vocab_size) if sp_model is not None else DEFAULT_SPECIAL_IDS

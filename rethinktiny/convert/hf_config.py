@@ -99,6 +99,10 @@ def read_hf_config(folder: Path) -> dict[str, Any]:
 def _check_architecture(data: dict[str, Any], source: str) -> None:
     architectures = data.get("architectures") or []
     model_type = data.get("model_type")
+    if model_type is not None and model_type not in SUPPORTED_MODEL_TYPES:
+        # transformers builds the model from model_type, whatever `architectures` says
+        raise UserError(f"{source}: unsupported architecture model_type={model_type!r}; supported: "
+                        f"{', '.join(SUPPORTED_MODEL_TYPES)}")
     if not any(a in SUPPORTED_ARCHITECTURES for a in architectures) and model_type not in SUPPORTED_MODEL_TYPES:
         found = architectures[0] if architectures else model_type
         raise UserError(f"{source}: unsupported architecture {found!r}; supported: "

@@ -17,14 +17,13 @@ from tqdm import tqdm
 from rethinktiny.artifacts import check_writable, output_dir, write_manifest
 from rethinktiny.checkpoint import check_state_dict, save_model_only
 from rethinktiny.config import ModelConfig
-from rethinktiny.convert.export import expected_shapes, parse_dtype
+from rethinktiny.convert.export import parse_dtype
 from rethinktiny.convert.hf_config import model_config_from_hf, read_hf_config
-from rethinktiny.convert.keys import half_to_interleaved, hf_to_ours, ours_to_hf, rotary_heads
+from rethinktiny.convert.keys import IGNORED_HF_SUFFIXES, half_to_interleaved, hf_to_ours, ours_to_hf, rotary_heads
 from rethinktiny.convert.safetensors_io import HFWeights
 from rethinktiny.errors import UserError
+from rethinktiny.model import parameter_shapes
 
-# HF keys that hold no parameters (older exports saved the rotary buffer).
-IGNORED_HF_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 def map_hf_keys(weights: HFWeights, cfg: ModelConfig, source: str) -> tuple[dict[str, str], list[str]]:
@@ -95,7 +94,7 @@ def from_hf(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "auto",
     cfg = model_config_from_hf(read_hf_config(src), str(src / "config.json"))
     weights = HFWeights(src)
     mapping, ignored = map_hf_keys(weights, cfg, str(src))
-    expected = expected_shapes(cfg)
+    expected = parameter_shapes(cfg)
     check_complete(mapping, expected, cfg, str(src))
     state = read_hf_state(weights, mapping, cfg, target_dtype, progress)
     check_state_dict(state, expected, str(src))

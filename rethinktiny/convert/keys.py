@@ -33,6 +33,8 @@ FROM_HF: dict[str, str] = {
     "lm_head.weight": "output.weight",
 }
 TO_HF: dict[str, str] = {ours: hf for hf, ours in FROM_HF.items()}
+# HF keys that hold no parameters (older exports saved the rotary buffer).
+IGNORED_HF_SUFFIXES = ("rotary_emb.inv_freq",)
 
 # Our names whose rows carry rotary channels (layer-local part), and which head count splits them.
 ROTARY_QUERY = ("attention.wq.weight", "attention.wq.bias")

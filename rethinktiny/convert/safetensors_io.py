@@ -143,12 +143,12 @@ class HFWeights:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self._open: dict[Path, object] = {}  # before listing names: a .bin is opened to list them
         self._files = self._weight_files()
         self._where: dict[str, Path] = {}
         for path in self._files:
             for name in self._names_in(path):
                 self._where[name] = path
-        self._open: dict[Path, object] = {}
 
     def _weight_files(self) -> list[Path]:
         for index_name in (INDEX_NAME, "pytorch_model.bin.index.json"):
@@ -188,6 +188,15 @@ class HFWeights:
             else:
                 self._open[path] = load_tensor_file(path)
         return self._open[path]
+
+    @property
+    def files(self) -> list[Path]:
+        """The weight files, in name order (what a caller may release from memory)."""
+        return list(self._files)
+
+    def file_of(self, name: str) -> Path:
+        """The file holding tensor `name`."""
+        return self._where[name]
 
     def keys(self) -> list[str]:
         return list(self._where)

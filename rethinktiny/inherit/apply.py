@@ -30,7 +30,8 @@ from rethinktiny.inherit.layers import LAYER_STRATEGIES, choose_layers, is_expli
 from rethinktiny.inherit.prune import (KeepPlan, LayerKeep, check_target_fits, choose_heads, prune_globals,
                                        prune_layer)
 from rethinktiny.inherit.report import PLOT_FILE, build_report, plot_layer_importance, write_report
-from rethinktiny.inherit.sources import Source, expected_shapes, open_source
+from rethinktiny.inherit.sources import Source, open_source
+from rethinktiny.model import parameter_shapes
 
 DTYPES = {"source": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -141,7 +142,7 @@ def gather_target(source: Source, plan: KeepPlan, dtype: torch.dtype | None) -> 
                              source.tensor("norm.weight"), plan, release=source.release)
     parts.update({k: convert(v) for k, v in globals_.items()})
     source.release()
-    order = expected_shapes(plan.target)
+    order = parameter_shapes(plan.target)
     check_state_dict(parts, order, source="inherited target")
     return {name: parts[name] for name in order}
 

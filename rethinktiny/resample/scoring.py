@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from rethinktiny.checkpoint import InternEvoCheckpoint, check_state_dict, read_model_config
 from rethinktiny.config import ModelConfig
 from rethinktiny.errors import UserError
+from rethinktiny.model import PanGuPi, parameter_shapes
 from rethinktiny.resample.packing import IGNORE, PackedRow
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -27,14 +28,6 @@ def config_dtype(value) -> str:
     if name not in DTYPES:
         raise UserError(f"model.dtype {value!r} is not one of {['torch.' + n for n in DTYPES]}")
     return name
-
-
-def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    from rethinktiny.model import PanGuPi
-
-    with torch.device("meta"):
-        model = PanGuPi(cfg)
-    return {name: tuple(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
 
 
 def _check_same_model(ckpt: InternEvoCheckpoint, cfg: ModelConfig) -> None:
@@ -55,7 +48,7 @@ def open_checked_checkpoint(path: str | os.PathLike, cfg: ModelConfig) -> tuple[
     (no tensor is read yet: shards are memory-mapped)."""
     ckpt = InternEvoCheckpoint(path, config=cfg)
     _check_same_model(ckpt, cfg)
-    expected = expected_shapes(cfg)
+    expected = parameter_shapes(cfg)
     names = {k for k in ckpt.keys() if not k.endswith(IGNORED_SUFFIXES)}
     if cfg.tie_embeddings:
         names.add("output.weight")
@@ -79,8 +72,6 @@ def load_scoring_model(path: str | os.PathLike, cfg: ModelConfig, dtype: str = "
         dtype: "float32", "bfloat16" or "float16".
         device: where to score.
     """
-    from rethinktiny.model import PanGuPi
-
     ckpt, _ = open_checked_checkpoint(path, cfg)
     state = {k: ckpt.tensor(k) for k in ckpt.keys() if not k.endswith(IGNORED_SUFFIXES)}
     if cfg.tie_embeddings:

@@ -77,7 +77,7 @@ def test_from_hf_folder_without_config_or_weights(tmp_path, hf_folder):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}, "unsupported architecture 'GPT2LMHeadModel'"),
+    ({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}, "unsupported architecture model_type='gpt2'"),
     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "scaled RoPE"),
     ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
     ({"mlp_bias": True}, "mlp_bias"),

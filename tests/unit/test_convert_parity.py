@@ -118,6 +118,18 @@ def test_hf_to_ours_to_hf(tmp_path, kv_heads, bias, tied):
         torch.testing.assert_close(load_hf(tmp_path / "hf2")(ids).logits, expected, rtol=0, atol=0)
 
 
+def test_from_hf_reads_pytorch_model_bin(tmp_path):
+    # older HF folders ship pytorch_model.bin instead of safetensors
+    hf = random_hf_llama(2, False, False)
+    hf.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "model.safetensors").unlink()
+    torch.save(hf.state_dict(), tmp_path / "hf" / "pytorch_model.bin")
+    from_hf(tmp_path / "hf", tmp_path / "ours", progress=False)
+    ids = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(load_ours(tmp_path / "ours")(ids), hf(ids).logits)
+
+
 def test_greedy_generation_is_identical(tmp_path):
     hf = random_hf_llama(kv_heads=2, bias=True, tied=False, seed=3)
     hf.save_pretrained(tmp_path / "hf")

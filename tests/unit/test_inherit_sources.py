@@ -10,8 +10,8 @@ from rethinktiny.checkpoint import save_model_only, write_model_config
 from rethinktiny.config import get_preset
 from rethinktiny.errors import UserError
 from rethinktiny.inherit.apply import inherit
-from rethinktiny.inherit.sources import (HFSource, hf_to_internevo_name, internevo_to_hf_name, open_source,
-                                         permute_hf_to_interleaved, permute_interleaved_to_hf)
+from rethinktiny.convert.keys import half_to_interleaved, hf_to_ours, interleaved_to_half, ours_to_hf
+from rethinktiny.inherit.sources import HFSource, open_source
 from rethinktiny.model import PanGuPi
 from tests.unit.test_checkpoint import _split_like_internevo  # shards exactly as InternEvo saves tp x pp
 from tests.unit.test_inherit_prune import CFG, load_model, make_source, write_calib
@@ -90,20 +90,33 @@ def test_bin_and_sharded_safetensors_read_the_same(tmp_path):
             assert torch.equal(state[name], reference[name]), (other, name)
 
 
+def test_scaled_rope_and_sliding_window_are_noted_not_refused(tmp_path):
+    # conversion must refuse them (the forward would differ); inheriting only borrows weights
+    hf = _hf_model(2)
+    hf.save_pretrained(tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    config.update(rope_scaling={"rope_type": "linear", "factor": 2.0}, sliding_window=64)
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    source = open_source(tmp_path / "hf")
+    assert source.config.rope_theta == 5000.0
+    assert any("rope scaling" in note for note in source.notes)
+    assert any("sliding_window=64" in note for note in source.notes)
+
+
 def test_missing_hf_shard_and_unknown_architecture(tmp_path):
     hf = _hf_model(2)
     hf.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
     index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
     victim = sorted(set(index["weight_map"].values()))[1]
     (tmp_path / "sharded" / victim).unlink()
-    with pytest.raises(UserError, match=f"missing shard {victim}"):
+    with pytest.raises(UserError, match=f"lists {victim}, which does not exist"):
         inherit(tmp_path / "sharded", "tiny", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
     hf.save_pretrained(tmp_path / "gpt")
     config = json.loads((tmp_path / "gpt" / "config.json").read_text())
     (tmp_path / "gpt" / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
-    with pytest.raises(UserError, match="unknown architecture model_type='gpt2'"):
+    with pytest.raises(UserError, match="unsupported architecture model_type='gpt2'"):
         inherit(tmp_path / "gpt", "tiny", tmp_path / "out")
 
     from safetensors.torch import save_file
@@ -125,16 +138,16 @@ def test_unknown_internevo_architecture_is_named(tmp_path):
 
 
 def test_name_table_and_permute_round_trip():
-    assert hf_to_internevo_name("model.layers.7.self_attn.q_proj.weight") == "layers.7.attention.wq.weight"
-    assert hf_to_internevo_name("model.layers.0.mlp.gate_proj.weight") == "layers.0.feed_forward.w1.weight"
-    assert hf_to_internevo_name("model.layers.0.mlp.up_proj.weight") == "layers.0.feed_forward.w3.weight"
-    assert hf_to_internevo_name("model.layers.0.self_attn.rotary_emb.inv_freq") is None
+    assert hf_to_ours("model.layers.7.self_attn.q_proj.weight") == "layers.7.attention.wq.weight"
+    assert hf_to_ours("model.layers.0.mlp.gate_proj.weight") == "layers.0.feed_forward.w1.weight"
+    assert hf_to_ours("model.layers.0.mlp.up_proj.weight") == "layers.0.feed_forward.w3.weight"
+    assert hf_to_ours("model.layers.0.self_attn.rotary_emb.inv_freq") is None
     for name in PanGuPi(CFG.replace(attention_bias=True)).state_dict():
-        assert hf_to_internevo_name(internevo_to_hf_name(name)) == name
+        assert hf_to_ours(ours_to_hf(name)) == name
     w = torch.randn(4 * 8, 5)
-    assert torch.equal(permute_interleaved_to_hf(permute_hf_to_interleaved(w, 4), 4), w)
+    assert torch.equal(interleaved_to_half(half_to_interleaved(w, 4), 4), w)
     # our row 2i is HF row i, our row 2i+1 is HF row i + head_dim/2 (first head)
-    assert torch.equal(permute_hf_to_interleaved(w, 4)[:8], w[[0, 4, 1, 5, 2, 6, 3, 7]])
+    assert torch.equal(half_to_interleaved(w, 4)[:8], w[[0, 4, 1, 5, 2, 6, 3, 7]])
 
 
 @pytest.mark.parametrize("tp, pp", [(2, 1), (2, 2)])
