@@ -17,6 +17,18 @@ SAMPLE_TRAIN = REPO / "data" / "sample" / "train.jsonl"
 SAMPLE_VALID = REPO / "data" / "sample" / "valid.jsonl"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny matmuls gain nothing from threads, and OpenMP spin-waits make them 20x slower on a
+    shared, busy CPU (this also covers a user's OMP_NUM_THREADS, which the line above keeps)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def sample_corpus() -> Path:
     return SAMPLE_TRAIN

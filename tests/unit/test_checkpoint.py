@@ -6,52 +6,16 @@ from rethinktiny.checkpoint import (InternEvoCheckpoint, check_state_dict, find_
 from rethinktiny.config import get_preset
 from rethinktiny.errors import UserError
 from rethinktiny.model import PanGuPi
+from tests.unit.shard_helpers import save_like_internevo, split_like_internevo
 
 CFG = get_preset("tiny").replace(attention_bias=True)
-
-
-def _split_like_internevo(state, tp, pp, layers_per_stage, embed_split_hidden):
-    """Shard a full state dict the way InternEvo saves tp x pp ranks."""
-    shards = {}
-    for p in range(pp):
-        first = sum(layers_per_stage[:p])
-        for t in range(tp):
-            shard = {}
-            for name, tensor in state.items():
-                if name.startswith("layers."):
-                    idx = int(name.split(".")[1])
-                    if not first <= idx < first + layers_per_stage[p]:
-                        continue
-                    local = f"layers.{idx - first}." + name.split(".", 2)[2]
-                elif name == "tok_embeddings.weight" and p != 0:
-                    continue
-                elif name in ("norm.weight", "output.weight") and p != pp - 1:
-                    continue
-                else:
-                    local = name
-                inner = local.split(".", 2)[-1] if local.startswith("layers.") else local
-                if inner.startswith(("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1",
-                                     "feed_forward.w3")) or name == "output.weight":
-                    part = tensor.chunk(tp, dim=0)[t]
-                elif inner in ("attention.wo.weight", "feed_forward.w2.weight"):
-                    part = tensor.chunk(tp, dim=1)[t]
-                elif name == "tok_embeddings.weight" and embed_split_hidden:
-                    part = tensor.chunk(tp, dim=1)[t]
-                else:
-                    part = tensor
-                shard[local] = part.clone()
-            shards[(t, p)] = shard
-    return shards
 
 
 @pytest.mark.parametrize("tp, pp, embed_split_hidden", [(2, 1, False), (1, 2, False), (2, 2, True)])
 def test_merged_shards_equal_the_full_checkpoint(tmp_path, tp, pp, embed_split_hidden):
     state = PanGuPi(CFG).state_dict()
     step = tmp_path / "ckpt" / "20"
-    step.mkdir(parents=True)
-    for (t, p), shard in _split_like_internevo(state, tp, pp, [3, 1][:pp] if pp == 2 else [4],
-                                               embed_split_hidden).items():
-        torch.save(shard, step / f"model_tp{t}_pp{p}.pt")
+    save_like_internevo(step, state, tp, [3, 1] if pp == 2 else [4], embed_split_hidden)
     ckpt = InternEvoCheckpoint(tmp_path / "ckpt", config=CFG)  # parent folder -> latest step
     assert ckpt.folder == step and ckpt.num_layers == CFG.num_layers
     merged = ckpt.state_dict()
@@ -62,7 +26,7 @@ def test_merged_shards_equal_the_full_checkpoint(tmp_path, tp, pp, embed_split_h
 
 def test_missing_shard_is_named(tmp_path):
     state = PanGuPi(CFG).state_dict()
-    for (t, p), shard in _split_like_internevo(state, 2, 1, [4], False).items():
+    for (t, p), shard in split_like_internevo(state, 2, [4]).items():
         if t == 0:
             torch.save(shard, tmp_path / f"model_tp{t}_pp{p}.pt")
     torch.save({}, tmp_path / "model_tp1_pp1.pt")

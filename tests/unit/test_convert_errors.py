@@ -20,15 +20,6 @@ from rethinktiny.errors import UserError  # noqa: E402
 from rethinktiny.model import PanGuPi  # noqa: E402
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls gain nothing from threads, and OpenMP spin-waits make them 20x slower on a
-    shared, busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 CFG = ModelConfig(hidden_size=32, num_layers=2, num_attention_heads=4, num_kv_heads=2, intermediate_size=64,
                   vocab_size=80)
 

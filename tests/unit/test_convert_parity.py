@@ -22,18 +22,11 @@ from rethinktiny.convert.export import to_hf  # noqa: E402
 from rethinktiny.convert.import_hf import from_hf  # noqa: E402
 from rethinktiny.convert.keys import half_to_interleaved, interleaved_to_half  # noqa: E402
 from rethinktiny.model import PanGuPi, generate  # noqa: E402
+from tests.unit.shard_helpers import save_like_internevo  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls gain nothing from threads, and OpenMP spin-waits make them 20x slower on a
-    shared, busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 VOCAB = 96
 
 
@@ -143,37 +136,6 @@ def test_greedy_generation_is_identical(tmp_path):
     assert ours_out == hf_out and len(set(ours_out)) > 1
 
 
-def _split_like_internevo(state, tp, layers_per_stage):
-    """Shard a full state dict into InternEvo's tp x pp files (as tests/unit/test_checkpoint.py)."""
-    shards, pp = {}, len(layers_per_stage)
-    for p in range(pp):
-        first = sum(layers_per_stage[:p])
-        for t in range(tp):
-            shard = {}
-            for name, tensor in state.items():
-                if name.startswith("layers."):
-                    idx = int(name.split(".")[1])
-                    if not first <= idx < first + layers_per_stage[p]:
-                        continue
-                    local = f"layers.{idx - first}." + name.split(".", 2)[2]
-                elif (name == "tok_embeddings.weight" and p != 0) or (
-                        name in ("norm.weight", "output.weight") and p != pp - 1):
-                    continue
-                else:
-                    local = name
-                inner = local.split(".", 2)[-1] if local.startswith("layers.") else local
-                if inner.startswith(("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1",
-                                     "feed_forward.w3")) or name == "output.weight":
-                    part = tensor.chunk(tp, dim=0)[t]
-                elif inner in ("attention.wo.weight", "feed_forward.w2.weight"):
-                    part = tensor.chunk(tp, dim=1)[t]
-                else:
-                    part = tensor
-                shard[local] = part.clone()
-            shards[(t, p)] = shard
-    return shards
-
-
 def random_ours(cfg: ModelConfig, seed: int = 0) -> PanGuPi:
     torch.manual_seed(seed)
     model = PanGuPi(cfg)
@@ -194,8 +156,7 @@ def test_internevo_checkpoint_to_hf(tmp_path, tp, stages):
     step = tmp_path / "ckpt" / "50"
     save_model_only(step, ours.state_dict(), OURS_CFG)  # model_config.json next to the shards
     (step / "model_tp0_pp0.pt").unlink()
-    for (t, p), shard in _split_like_internevo(ours.state_dict(), tp, stages).items():
-        torch.save(shard, step / f"model_tp{t}_pp{p}.pt")
+    save_like_internevo(step, ours.state_dict(), tp, stages)
     (tmp_path / "ckpt" / "10").mkdir()  # an older step must not be taken
     torch.save({}, tmp_path / "ckpt" / "10" / "model_tp0_pp0.pt")
 

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("transformers")
 from transformers import AutoTokenizer  # noqa: E402
@@ -21,14 +20,6 @@ from rethinktiny.model import PanGuPi  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls gain nothing from threads, and OpenMP spin-waits make them 20x slower on a
-    shared, busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
     "Hello, world! It's 2024: 3.14159 x 10^6 tokens.",

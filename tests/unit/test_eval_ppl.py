@@ -24,14 +24,6 @@ from rethinktiny.model import PanGuPi  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls gain nothing from threads, and OpenMP spin-waits make them 20x slower on a
-    shared, busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 DOCS = 12
 
 

@@ -13,7 +13,7 @@ from rethinktiny.inherit.apply import inherit
 from rethinktiny.convert.keys import half_to_interleaved, hf_to_ours, interleaved_to_half, ours_to_hf
 from rethinktiny.inherit.sources import HFSource, open_source
 from rethinktiny.model import PanGuPi
-from tests.unit.test_checkpoint import _split_like_internevo  # shards exactly as InternEvo saves tp x pp
+from tests.unit.shard_helpers import save_like_internevo, split_like_internevo
 from tests.unit.test_inherit_prune import CFG, load_model, make_source, write_calib
 
 transformers = pytest.importorskip("transformers")
@@ -155,9 +155,7 @@ def test_merged_tp_shards_inherit_like_tp1(tmp_path, tp, pp):
     cfg = CFG.replace(attention_bias=True)
     model = make_source(tmp_path / "tp1", cfg)
     step = tmp_path / f"tp{tp}" / "10"
-    step.mkdir(parents=True)
-    for (t, p), shard in _split_like_internevo(model.state_dict(), tp, pp, [2, 2] if pp == 2 else [4], False).items():
-        torch.save(shard, step / f"model_tp{t}_pp{p}.pt")
+    save_like_internevo(step, model.state_dict(), tp, [2, 2] if pp == 2 else [4])
     write_model_config(step, cfg)
     target = cfg.replace(hidden_size=64, num_attention_heads=2, num_kv_heads=1, num_layers=3, intermediate_size=200)
     a = load_model(inherit(tmp_path / "tp1", target, tmp_path / "a")).state_dict()
@@ -169,7 +167,7 @@ def test_merged_tp_shards_inherit_like_tp1(tmp_path, tp, pp):
 def test_missing_internevo_shard_writes_nothing(tmp_path):
     model = make_source(tmp_path / "tp1", CFG)
     (tmp_path / "tp2").mkdir()
-    for (t, p), shard in _split_like_internevo(model.state_dict(), 2, 2, [2, 2], False).items():
+    for (t, p), shard in split_like_internevo(model.state_dict(), 2, [2, 2]).items():
         if (t, p) != (1, 0):
             torch.save(shard, tmp_path / "tp2" / f"model_tp{t}_pp{p}.pt")
     write_model_config(tmp_path / "tp2", CFG)
