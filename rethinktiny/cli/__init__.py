@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Callable
 
 from rethinktiny.errors import UserError
 
@@ -46,6 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     func = getattr(args, "func", None)
     if func is None:
         build_parser(group).parse_args([*argv, "--help"])
+    return run_command(func, args)
+
+
+def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """Run a command handler as a process would: a UserError is one line on stderr and exit 2.
+
+    Shared by `rethinktiny` and the seed-compatible scripts under tools/.
+    """
     try:
         result = func(args)
     except UserError as err:

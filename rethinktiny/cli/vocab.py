@@ -17,13 +17,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    dest="process_num", help="parallel workers (threads) (default: all CPUs)")
     p.add_argument("--strict", action="store_true", help="a malformed line is an error")
     p.add_argument("--force", action="store_true", help="recount files even when their result is current")
-    p.set_defaults(func=_count)
+    p.set_defaults(func=count_command)
 
     p = sub.add_parser("merge", help="sum count results into total_token_freq.json ({\"<id>\": count})")
     p.add_argument("--src", required=True, help="result folder of `vocab count` (or of the seed's step1)")
     p.add_argument("--dst", required=True, help="output JSON file")
     p.add_argument("--force", action="store_true", help="replace an existing --dst")
-    p.set_defaults(func=_merge)
+    p.set_defaults(func=merge_command)
 
     p = sub.add_parser("prune", help="keep the most frequent pieces with their merge paths, no dead pieces")
     p.add_argument("--tokenizer", required=True, help="SentencePiece BPE model, or folder with tokenizer.model")
@@ -34,7 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="pangu_pi_1b_pro",
                    help="model preset for the embedding-share figures in report.json")
     p.add_argument("--force", action="store_true", help="replace an existing --dst")
-    p.set_defaults(func=_prune)
+    p.set_defaults(func=prune_command)
 
     p = sub.add_parser("inspect", help="tokens per character, coverage, coverage-vs-size PNG")
     p.add_argument("tokenizer", help="SentencePiece model, or folder with tokenizer.model")
@@ -42,10 +42,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--text-key", default="text")
     p.add_argument("--png", default="vocab_coverage.png", help="coverage plot to write ('' for none)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --png")
-    p.set_defaults(func=_inspect)
+    p.set_defaults(func=inspect_command)
 
 
-def _count(args: argparse.Namespace) -> None:
+def count_command(args: argparse.Namespace) -> None:
     from rethinktiny.vocab.count import count_folder
 
     summary = count_folder(args.src, args.dst, process_num=args.process_num, strict=args.strict,
@@ -57,14 +57,14 @@ def _count(args: argparse.Namespace) -> None:
               f"(listed in the result files; --strict makes this an error)")
 
 
-def _merge(args: argparse.Namespace) -> None:
+def merge_command(args: argparse.Namespace) -> None:
     from rethinktiny.vocab.merge import merge_counts
 
     total = merge_counts(args.src, args.dst, force=args.force)
     print(f"wrote {args.dst}: {int(total.sum())} tokens, {int((total > 0).sum())} distinct ids")
 
 
-def _prune(args: argparse.Namespace) -> None:
+def prune_command(args: argparse.Namespace) -> None:
     from rethinktiny.vocab.prune import prune_tokenizer
 
     report = prune_tokenizer(args.tokenizer, args.counts, args.vocab_num, args.dst,
@@ -75,7 +75,7 @@ def _prune(args: argparse.Namespace) -> None:
           f"{'n/a' if coverage is None else f'{coverage:.4%}'}")
 
 
-def _inspect(args: argparse.Namespace) -> None:
+def inspect_command(args: argparse.Namespace) -> None:
     from rethinktiny.vocab.inspect import inspect_tokenizer
 
     summary = inspect_tokenizer(args.tokenizer, args.text, png=args.png or None, text_key=args.text_key,

@@ -15,8 +15,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without install
 
-from rethinktiny.errors import UserError  # noqa: E402
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -26,14 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="a malformed line is an error")
     parser.add_argument("--force", action="store_true", help="recount files whose result is current")
     args = parser.parse_args(argv)
-    from rethinktiny.cli.vocab import _count
+    from rethinktiny.cli import run_command
+    from rethinktiny.cli.vocab import count_command
 
-    try:
-        _count(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(count_command, args)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without install
 
-from rethinktiny.errors import UserError  # noqa: E402
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -23,14 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dst", required=True, type=str, help="output frequency JSON file")
     parser.add_argument("--force", action="store_true", help="replace an existing --dst")
     args = parser.parse_args(argv)
-    from rethinktiny.cli.vocab import _merge
+    from rethinktiny.cli import run_command
+    from rethinktiny.cli.vocab import merge_command
 
-    try:
-        _merge(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(merge_command, args)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without install
 
-from rethinktiny.errors import UserError  # noqa: E402
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -32,14 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="pangu_pi_1b_pro", help="model preset for report.json")
     parser.add_argument("--force", action="store_true", help="replace an existing --output")
     args = parser.parse_args(argv)
-    from rethinktiny.cli.vocab import _prune
+    from rethinktiny.cli import run_command
+    from rethinktiny.cli.vocab import prune_command
 
-    try:
-        _prune(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(prune_command, args)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without install
 
-from rethinktiny.errors import UserError  # noqa: E402
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -26,16 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="InternEvo config file (default: the checkpoint's model_config)")
     parser.add_argument("--force", action="store_true", help="replace an existing --tgt_folder")
     args = parser.parse_args(argv)
+    from rethinktiny.cli import run_command
+
+    return run_command(_export, args)
+
+
+def _export(args: argparse.Namespace) -> None:
     from rethinktiny.convert.export import to_hf
 
-    try:
-        dst = to_hf(args.src_folder, args.tgt_folder, tokenizer=args.tokenizer, dtype=args.dtype,
-                    max_shard_size=args.max_shard, config=args.config, force=args.force)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    dst = to_hf(args.src_folder, args.tgt_folder, tokenizer=args.tokenizer, dtype=args.dtype,
+                max_shard_size=args.max_shard, config=args.config, force=args.force)
     print(f"wrote Hugging Face model to {dst}")
-    return 0
 
 
 if __name__ == "__main__":
