@@ -111,15 +111,30 @@ def _check_architecture(data: dict[str, Any], source: str) -> None:
         raise UserError(f"{source}: sliding_window={data['sliding_window']} attention has no equivalent here")
 
 
-def _rope_theta(data: dict[str, Any], source: str) -> float:
-    """RoPE base from 5.x `rope_parameters` or 4.x `rope_theta`; scaled RoPE is refused."""
+def scaled_rope(data: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """(key, entry) of the first non-default RoPE setting (5.x `rope_parameters` or 4.x
+    `rope_scaling`), or None for plain RoPE."""
+    for key in ("rope_parameters", "rope_scaling"):
+        entry = data.get(key) or {}
+        if entry.get("rope_type", entry.get("type", "default")) != "default":
+            return key, entry
+    return None
+
+
+def rope_base(data: dict[str, Any]) -> float:
+    """RoPE base from 5.x `rope_parameters` or 4.x `rope_theta`."""
     params = data.get("rope_parameters") or {}
-    scaling = data.get("rope_scaling") or {}
-    for entry, key in ((params, "rope_parameters"), (scaling, "rope_scaling")):
-        kind = entry.get("rope_type", entry.get("type", "default"))
-        if kind != "default":
-            raise UserError(f"{source}: {key} type {kind!r} (scaled RoPE) is not supported; only plain RoPE")
     return float(params.get("rope_theta", data.get("rope_theta", 10000.0)))
+
+
+def _rope_theta(data: dict[str, Any], source: str) -> float:
+    """RoPE base; scaled RoPE is refused (the converted model must compute what the source did)."""
+    scaled = scaled_rope(data)
+    if scaled is not None:
+        key, entry = scaled
+        kind = entry.get("rope_type", entry.get("type"))
+        raise UserError(f"{source}: {key} type {kind!r} (scaled RoPE) is not supported; only plain RoPE")
+    return rope_base(data)
 
 
 def _check_block(data: dict[str, Any], heads: int, source: str) -> None:

@@ -27,7 +27,7 @@ import torch
 
 from rethinktiny.checkpoint import InternEvoCheckpoint, find_step_folder, read_model_config
 from rethinktiny.config import ModelConfig
-from rethinktiny.convert.hf_config import model_config_from_hf, read_hf_config
+from rethinktiny.convert.hf_config import model_config_from_hf, read_hf_config, rope_base, scaled_rope
 from rethinktiny.convert.keys import IGNORED_HF_SUFFIXES, half_to_interleaved, hf_to_ours, rotary_heads
 from rethinktiny.convert.safetensors_io import HFWeights
 from rethinktiny.errors import UserError
@@ -49,13 +49,11 @@ def hf_config_to_model_config(hf: dict[str, Any], source: str = "config.json") -
         source: file name used in error messages.
     """
     notes, relaxed = [], dict(hf)
-    rope = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or ({} if rope.get("rope_type", "default") == "default" else rope)
-    if scaling:
-        notes.append(f"source rope scaling {scaling} ignored: the target uses plain RoPE")
+    scaled = scaled_rope(hf)
+    if scaled is not None:
+        notes.append(f"source rope scaling {scaled[1]} ignored: the target uses plain RoPE")
         relaxed["rope_scaling"] = None
-        relaxed["rope_parameters"] = {"rope_type": "default",
-                                      "rope_theta": rope.get("rope_theta", hf.get("rope_theta", 10000.0))}
+        relaxed["rope_parameters"] = {"rope_type": "default", "rope_theta": rope_base(hf)}
     if hf.get("sliding_window"):
         notes.append(f"source sliding_window={hf['sliding_window']} ignored: the target uses full attention")
         relaxed["sliding_window"] = None
