@@ -21,7 +21,7 @@ Pipeline (everything through the project's functions; training is a plain pure-t
     held-out documents (in corpus order) are scored, each document as <s> ids </s>
     (`rethinktiny.evaluate.document_windows` / `score_windows`);
   - an 8k SentencePiece BPE tokenizer is trained on the rest (`data.prepare.train_tokenizer`),
-    token frequencies are counted and merged (`vocab.count` / `vocab.merge`), and it is pruned to
+    token frequencies are counted and merged (`vocab.count` / `vocab.sum_counts`), and it is pruned to
     4k and 2k (`vocab.prune.prune_tokenizer`, with `token_map.json`);
   - recipe 3's teacher is recipe 1's 8k model; students use the 4k tokenizer and inherit with
     the token map (`inherit.apply.inherit`);
@@ -67,7 +67,7 @@ from rethinktiny.inherit.importance import CALIBRATED_METRICS  # noqa: E402
 from rethinktiny.model import PanGuPi  # noqa: E402
 from rethinktiny.resample.sampling import num_to_select, resample, seeded_generator  # noqa: E402
 from rethinktiny.vocab.count import count_folder  # noqa: E402
-from rethinktiny.vocab.merge import merge_counts  # noqa: E402
+from rethinktiny.vocab.sum_counts import merge_counts  # noqa: E402
 from rethinktiny.vocab.prune import prune_tokenizer  # noqa: E402
 
 DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "corpus" / "corpus.jsonl"  # ../shared from the repo root

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from rethinktiny.data.prepare import load_sentencepiece, tokenize_corpus  # noqa: E402
 from rethinktiny.data.tokenized import find_bin_files  # noqa: E402
 from rethinktiny.vocab.count import count_folder  # noqa: E402
-from rethinktiny.vocab.merge import merge_counts  # noqa: E402
+from rethinktiny.vocab.sum_counts import merge_counts  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from typing import Sequence
 
-from rethinktiny.configfile import load_config_file
+from rethinktiny.configfiles.load import load_config_file
 from rethinktiny.errors import UserError
 
 TRAIN_MODULE = "rethinktiny.internevo.train"
@@ -110,7 +110,7 @@ def validate_config(path: str, overrides: Sequence[str]) -> None:
     """Check what can be checked before any process starts: the model shape, the model type and
     the training data folder. Raises UserError naming the key."""
     from rethinktiny.config import MODEL_TYPES, from_internevo
-    from rethinktiny.configfile import apply_overrides
+    from rethinktiny.configfiles.load import apply_overrides
 
     config = load_config_file(path)
     apply_overrides(config, list(overrides))

@@ -100,6 +100,6 @@ def render_row_config(cfg: ModelConfig, command: str | None = None) -> str:
         cfg: the chosen shape.
         command: the command line, recorded in the file's header.
     """
-    from rethinktiny.configexport import TrainOptions, render_config
+    from rethinktiny.configfiles.export import TrainOptions, render_config
 
     return render_config(cfg, TrainOptions(job_name=cfg.name), command)

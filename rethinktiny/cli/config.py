@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from rethinktiny.configexport import TrainOptions
+from rethinktiny.configfiles.export import TrainOptions
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +46,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _export(args: argparse.Namespace) -> None:
     from rethinktiny.checkpoint import read_model_config
     from rethinktiny.config import get_preset
-    from rethinktiny.configexport import export_config, render_config
+    from rethinktiny.configfiles.export import export_config, render_config
 
     cfg = read_model_config(args.inherit) if args.inherit else get_preset(args.preset)
     shape = {key: getattr(args, key) for key in ("hidden_size", "num_layers", "num_attention_heads", "num_kv_heads",

@@ -58,7 +58,7 @@ def count_command(args: argparse.Namespace) -> None:
 
 
 def merge_command(args: argparse.Namespace) -> None:
-    from rethinktiny.vocab.merge import merge_counts
+    from rethinktiny.vocab.sum_counts import merge_counts
 
     total = merge_counts(args.src, args.dst, force=args.force)
     print(f"wrote {args.dst}: {int(total.sum())} tokens, {int((total > 0).sum())} distinct ids")
@@ -76,7 +76,7 @@ def prune_command(args: argparse.Namespace) -> None:
 
 
 def inspect_command(args: argparse.Namespace) -> None:
-    from rethinktiny.vocab.inspect import inspect_tokenizer
+    from rethinktiny.vocab.coverage import inspect_tokenizer
 
     summary = inspect_tokenizer(args.tokenizer, args.text, png=args.png or None, text_key=args.text_key,
                                 force=args.force)

@@ -48,7 +48,7 @@ def resolve_model_config(config: ModelConfig | str | os.PathLike | None) -> Mode
     """A ModelConfig as given, read from an InternEvo config file path, or None."""
     if config is None or isinstance(config, ModelConfig):
         return config
-    from rethinktiny.configfile import model_config_from_file
+    from rethinktiny.configfiles.load import model_config_from_file
 
     return model_config_from_file(config)
 

@@ -42,7 +42,7 @@ def resolve_target(target: str | ModelConfig) -> ModelConfig:
         return target
     path = Path(target)
     if path.suffix == ".py" or path.is_file():
-        from rethinktiny.configfile import model_config_from_file
+        from rethinktiny.configfiles.load import model_config_from_file
 
         return model_config_from_file(path)
     return get_preset(target)

@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     from internlm.initialize import initialize_distributed_env
     from internlm.initialize.launch import args_sanity_check
 
-    from rethinktiny.configfile import apply_overrides
+    from rethinktiny.configfiles.load import apply_overrides
 
     try:
         initialize_distributed_env(config=args.config, launcher=args.launcher, master_port=args.port, seed=args.seed,

@@ -176,7 +176,7 @@ def make_plan(config: str | os.PathLike, rounds: int, ratio: float | None = None
               temperature: float = 1.0, batch_ranks: int = 1, round_steps: Sequence[int] = (),
               overrides: Sequence[str] = (), launch: LaunchOptions | None = None, progress: bool = True) -> RoundPlan:
     """Check the arguments and the config before anything trains; see `multiround` for them."""
-    from rethinktiny.configfile import apply_overrides, load_config_file
+    from rethinktiny.configfiles.load import apply_overrides, load_config_file
     from rethinktiny.data.tokenized import require_bin_files
     from rethinktiny.resample.sampling import check_temperature
 

@@ -48,7 +48,7 @@ def read_training_config(path: str | os.PathLike, overrides: Sequence[str] = ())
         path: InternEvo Python config file.
         overrides: `KEY=VALUE` items, as `start_finetune.py --set` takes them.
     """
-    from rethinktiny.configfile import apply_overrides, load_config_file
+    from rethinktiny.configfiles.load import apply_overrides, load_config_file
 
     config = load_config_file(path)
     apply_overrides(config, list(overrides))

@@ -232,7 +232,7 @@ def prune_tokenizer(tokenizer, counts_file, vocab_num: int, dst, preset: str | N
     from rethinktiny.artifacts import (check_writable, file_digest, output_dir, write_file_atomic, write_json,
                                        write_manifest)
     from rethinktiny.vocab.hf_tokenizer import write_hf_tokenizer
-    from rethinktiny.vocab.merge import read_frequency_file
+    from rethinktiny.vocab.sum_counts import read_frequency_file
     from rethinktiny.vocab.spmodel import load_model_proto, require_bpe, resolve_model_path
     from rethinktiny.vocab.tokenmap import TOKEN_MAP_FILE, TokenMap, save_token_map
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from rethinktiny.config import get_preset
-from rethinktiny.configexport import TrainOptions, export_config, render_config
-from rethinktiny.configfile import apply_overrides, load_config_file, model_config_from_file
+from rethinktiny.configfiles.export import TrainOptions, export_config, render_config
+from rethinktiny.configfiles.load import apply_overrides, load_config_file, model_config_from_file
 from rethinktiny.errors import UserError
 from rethinktiny.model import PanGuPi
 

@@ -38,7 +38,7 @@ def test_register_twice_is_harmless():
 
 def test_core_imports_with_internlm_blocked():
     modules = ["rethinktiny", "rethinktiny.config", "rethinktiny.model", "rethinktiny.checkpoint",
-               "rethinktiny.configfile", "rethinktiny.launcher", "rethinktiny.data.tokenized",
+               "rethinktiny.configfiles.load", "rethinktiny.launcher", "rethinktiny.data.tokenized",
                "rethinktiny.data.prepare", "rethinktiny.artifacts", "rethinktiny.cli"]
     import pkgutil
 

@@ -11,7 +11,7 @@ import sentencepiece as spm
 
 from rethinktiny.cli import main
 from rethinktiny.errors import UserError
-from rethinktiny.vocab.inspect import coverage_curve, inspect_tokenizer
+from rethinktiny.vocab.coverage import coverage_curve, inspect_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ from rethinktiny.data.tokenized import write_documents
 from rethinktiny.errors import UserError
 from rethinktiny.vocab.binparse import parse_bin
 from rethinktiny.vocab.count import count_file, count_folder
-from rethinktiny.vocab.merge import merge_counts, read_frequency_file, read_result
+from rethinktiny.vocab.sum_counts import merge_counts, read_frequency_file, read_result
 
 
 def _reference_counts(folder):

@@ -9,7 +9,7 @@ import sentencepiece as spm
 
 from rethinktiny.config import get_preset
 from rethinktiny.errors import UserError
-from rethinktiny.vocab.merge import write_frequency_file
+from rethinktiny.vocab.sum_counts import write_frequency_file
 from rethinktiny.vocab.prune import build_pruned_proto, prune_tokenizer, prune_vocab, required_ids
 from rethinktiny.vocab.reach import dead_pieces
 from rethinktiny.vocab.spmodel import (BYTE, CONTROL, NORMAL, USER_DEFINED, load_model_proto,

@@ -3,7 +3,7 @@
     python tools/tokenizer/step2_token_frequency_stat_combie.py --src tmp_stat_files_dir --dst total_token_freq.json
 
 Sums the per-file results of step 1 into one `{"<id>": count}` JSON file.
-A thin wrapper over `rethinktiny.vocab.merge.merge_counts` (same as `rethinktiny vocab merge`).
+A thin wrapper over `rethinktiny.vocab.sum_counts.merge_counts` (same as `rethinktiny vocab merge`).
 """
 
 from __future__ import annotations
