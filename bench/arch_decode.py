@@ -1,6 +1,6 @@
 """Decode speed against depth at a fixed parameter count (the paper's depth-vs-speed trade-off).
 
-Baseline: the PanGu-π-1B Pro shape (20 layers x 1792). Compared: a shallower (default 12-layer)
+Baseline: the PanGu-π-1B Pro shape (the preset: 21 layers x 1792, from the paper's model table). Compared: a shallower (default 12-layer)
 shape of the same parameter count (within --tolerance), chosen among the sweep's shapes with the
 FFN expansion closest to the baseline's. Random weights, batch 1, greedy decoding with the KV cache.
 The shapes are timed in turns (A, B, A, B, ...) so load changes on a shared machine hit both; the

@@ -1,7 +1,9 @@
 # InternEvo config for pangu_pi_1.5b_pro: 22 layers x 2048, 16 heads (16 kv), FFN 5632, vocabulary 48000, 1.327B parameters (14.8% embedding + head).
 #   python start_finetune.py --config THIS_FILE            (torchrun on this node)
 #   python start_finetune.py --config THIS_FILE --launcher slurm   (inside an sbatch job)
-# Written by: rethinktiny config export --preset pangu_pi_1.5b_pro --dst configs/LLM1.5B.py --job-name 1.5b_train --force
+# Written by: rethinktiny config export --preset pangu_pi_1.5b_pro --dst configs/LLM1.5B.py --job-name 1.5b_train --comment 'Width 2048, depth 22 and vocabulary 48,000 are from the model table of Tang et al. (fig/configure.png); its FFN' --comment 'width is not published: 5632 (mlp_ratio 8/3 as InternEvo rounds it) and 16 heads of 128 are assumptions.' --force
+# Width 2048, depth 22 and vocabulary 48,000 are from the model table of Tang et al. (fig/configure.png); its FFN
+# width is not published: 5632 (mlp_ratio 8/3 as InternEvo rounds it) and 16 heads of 128 are assumptions.
 import rethinktiny  # noqa: F401  registers PANGU_PI_PRO/PANGU_PI, the "inherited" load type, the multi-round sampler
 
 JOB_NAME = "1.5b_train"

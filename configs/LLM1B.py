@@ -1,7 +1,10 @@
 # InternEvo config for pangu_pi_1b_pro: 20 layers x 1792, 14 heads (14 kv), FFN 4864, vocabulary 48000, 0.952B parameters (18.1% embedding + head).
 #   python start_finetune.py --config THIS_FILE            (torchrun on this node)
 #   python start_finetune.py --config THIS_FILE --launcher slurm   (inside an sbatch job)
-# Written by: rethinktiny config export --preset pangu_pi_1b_pro --dst configs/LLM1B.py --job-name 1b_train --force
+# Written by: rethinktiny config export --preset pangu_pi_1b_pro --num-layers 20 --dst configs/LLM1B.py --job-name 1b_train --comment 'Depth: the model table of Tang et al. (fig/configure.png) gives PanGu-pi-1B Pro 21 layers; this file keeps' --comment 'the 20 layers the seed repository ships. For the table depth change num_layers=20 to num_layers=21 below.' --force
+# Shape differs from preset pangu_pi_1b_pro: num_layers 20 (preset: 21).
+# Depth: the model table of Tang et al. (fig/configure.png) gives PanGu-pi-1B Pro 21 layers; this file keeps
+# the 20 layers the seed repository ships. For the table depth change num_layers=20 to num_layers=21 below.
 import rethinktiny  # noqa: F401  registers PANGU_PI_PRO/PANGU_PI, the "inherited" load type, the multi-round sampler
 
 JOB_NAME = "1b_train"

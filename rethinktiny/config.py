@@ -42,6 +42,7 @@ class ModelConfig:
         norm_eps: RMSNorm epsilon.
         rope_theta: RoPE base.
         attention_bias: biases on wq/wk/wv/wo (InternEvo LLAMA2 with `no_bias=False` has them).
+        qkv_bias: biases on wq/wk/wv only, none on wo (Qwen2); exclusive with `attention_bias`.
         series_terms: PanGu-π series-informed activation, number of terms n (0 = plain SiLU).
         aug_shortcuts: PanGu-π augmented shortcuts per attention block (0 = off).
         aug_shortcut_dim: bottleneck width of each augmented shortcut.
@@ -58,6 +59,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     attention_bias: bool = False
+    qkv_bias: bool = False
     series_terms: int = 0
     aug_shortcuts: int = 0
     aug_shortcut_dim: int = 0
@@ -86,6 +88,8 @@ class ModelConfig:
                 raise UserError(f"model config: {key} must be >= 0")
         if self.aug_shortcuts and not self.aug_shortcut_dim:
             raise UserError("model config: aug_shortcuts > 0 needs aug_shortcut_dim > 0")
+        if self.attention_bias and self.qkv_bias:
+            raise UserError("model config: qkv_bias is part of attention_bias; set one of them")
 
     # ---- derived shape -------------------------------------------------------------------
     @property
@@ -95,6 +99,13 @@ class ModelConfig:
     @property
     def kv_dim(self) -> int:
         return self.head_dim * self.num_kv_heads
+
+    @property
+    def biased_projections(self) -> tuple[str, ...]:
+        """The attention projections that carry a bias (`wq`, `wk`, `wv`, `wo`)."""
+        if self.attention_bias:
+            return ("wq", "wk", "wv", "wo")
+        return ("wq", "wk", "wv") if self.qkv_bias else ()
 
     @property
     def is_pro(self) -> bool:
@@ -109,8 +120,8 @@ class ModelConfig:
     def layer_params(self) -> int:
         h, kv, ffn = self.hidden_size, self.kv_dim, self.intermediate_size
         attention = h * h + 2 * h * kv + h * h
-        if self.attention_bias:
-            attention += h + 2 * kv + h
+        bias_rows = {"wq": h, "wk": kv, "wv": kv, "wo": h}
+        attention += sum(bias_rows[proj] for proj in self.biased_projections)
         feed_forward = 3 * h * ffn
         norms = 2 * h
         series = 2 * self.series_terms
@@ -159,9 +170,14 @@ def _pro(name: str, hidden: int, layers: int, heads: int, vocab: int, kv_heads: 
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # Tang et al. 2024, Table "PanGu-π Pro": 1792 wide, 20 deep, 14 heads of 128, 48k vocabulary,
-    # FFN from mlp_ratio 8/3 as InternEvo rounds it (4778 -> 4864).
-    "pangu_pi_1b_pro": _pro("pangu_pi_1b_pro", 1792, 20, 14, 48000),
+    # The official model table (the paper's repository, fig/configure.png): PanGu-π-1B Pro is
+    # width 1792, depth 21, vocabulary 48,000, initialised from PanGu-π-7B (0.991B parameters here).
+    # Heads (14 of 128) and the FFN width are not in the table: FFN from mlp_ratio 8/3 as InternEvo
+    # rounds it (4778 -> 4864), as the seed's configs/LLM1B.py does. That shipped config has 20
+    # layers (0.952B); configs/LLM1B.py keeps them and says so.
+    "pangu_pi_1b_pro": _pro("pangu_pi_1b_pro", 1792, 21, 14, 48000),
+    # Same table: PanGu-π-1.5B Pro is width 2048, depth 22, vocabulary 48,000. Its FFN width is NOT
+    # published: 5632 (mlp_ratio 8/3, InternEvo rounding) is an assumption, as are 16 heads of 128.
     "pangu_pi_1.5b_pro": _pro("pangu_pi_1.5b_pro", 2048, 22, 16, 48000),
     # The PanGu-π-7B teacher as published (Wang et al. 2023): 30 layers x 4096, 32 heads, FFN 11008,
     # the 100,883-piece tokenizer, series-informed activation (n=2) and augmented shortcuts.
@@ -221,7 +237,9 @@ def from_internevo(model: dict[str, Any], source: str = "model") -> ModelConfig:
             tie_embeddings=bool(model.get("tie_embeddings", False)),
             norm_eps=float(model.get("layer_norm_epsilon", 1e-5)),
             rope_theta=float(model.get("rope_base", 10000)),
-            attention_bias=not bool(model.get("no_bias", False)),
+            # qkv_bias (ours, Qwen2-style) means no wo bias, so it changes no_bias's default
+            attention_bias=not bool(model.get("no_bias", bool(model.get("qkv_bias", False)))),
+            qkv_bias=bool(model.get("qkv_bias", False)),
             series_terms=int(model.get("series_terms", 0)),
             aug_shortcuts=int(model.get("aug_shortcuts", 0)),
             aug_shortcut_dim=int(model.get("aug_shortcut_dim", 0)),
@@ -252,6 +270,8 @@ def to_internevo(cfg: ModelConfig, mlp_ratio: float | None = None) -> dict[str, 
         "no_bias": not cfg.attention_bias,
     }
     ratio = mlp_ratio if mlp_ratio is not None else cfg.intermediate_size / cfg.hidden_size
+    if cfg.qkv_bias:  # written only when on, so configs of models without it stay as they were
+        entry["qkv_bias"] = True
     if internevo_ffn_width(cfg.hidden_size, ratio) == cfg.intermediate_size:
         entry["mlp_ratio"] = ratio
     if not cfg.is_pro:

@@ -36,6 +36,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     for flag in ("hidden-size", "num-layers", "num-attention-heads", "num-kv-heads", "intermediate-size",
                  "series-terms", "aug-shortcuts", "aug-shortcut-dim"):
         shape.add_argument(f"--{flag}", type=int, default=None)
+    p.add_argument("--comment", action="append", default=[], metavar="TEXT",
+                   help="a line for the file's header comment (repeatable)")
     p.add_argument("--force", action="store_true", help="replace an existing --dst")
     p.set_defaults(func=_export)
 
@@ -52,15 +54,23 @@ def _export(args: argparse.Namespace) -> None:
     shape = {key: getattr(args, key) for key in ("hidden_size", "num_layers", "num_attention_heads", "num_kv_heads",
                                                  "intermediate_size", "series_terms", "aug_shortcuts",
                                                  "aug_shortcut_dim", "vocab_size") if getattr(args, key) is not None}
+    comments = list(args.comment)
+    if shape and not args.inherit:
+        # The file keeps naming the preset it starts from (`preset=` in model=dict) and says which
+        # keys differ, so a reader sees e.g. "num_layers 20 (preset: 21)" instead of "custom".
+        changed = [f"{key} {value} (preset: {getattr(cfg, key)})" for key, value in shape.items()
+                   if getattr(cfg, key) != value]
+        if changed:
+            comments.insert(0, f"Shape differs from preset {cfg.name}: " + ", ".join(changed) + ".")
     if shape:
-        cfg = cfg.replace(**shape, name="custom" if set(shape) - {"vocab_size"} else cfg.name)
+        cfg = cfg.replace(**shape)
     opts = TrainOptions(
         job_name=args.job_name or cfg.name, seq_len=args.seq_len, micro_num=args.micro_num, micro_bsz=args.micro_bsz,
         total_steps=args.total_steps, lr=args.lr, dtype=args.dtype, zero1_size=args.zero1_size,
         checkpoint_every=args.checkpoint_every, train_folder=args.train_folder, valid_folder=args.valid_folder,
         save_ckpt_folder=args.save_ckpt_folder, inherit=args.inherit, resample=args.resample, cpu_ranks=args.cpu,
         warmup_ratio=args.warmup_ratio, min_lr=args.min_lr, weight_decay=args.weight_decay,
-        min_length=args.min_length)
+        min_length=args.min_length, extra_comments=comments)
     command = "rethinktiny config export " + " ".join(shlex.quote(a) for a in sys.argv[3:]) if len(sys.argv) > 3 else None
     if args.dst:
         print(f"wrote {export_config(args.dst, cfg=cfg, opts=opts, force=args.force, command=command)}")

@@ -21,7 +21,7 @@ def test_sweep_table_marks_the_presets(capsys):
                    "train GFLOP/tok", "KV KiB/tok"):
         assert column in header
     preset_lines = [line for line in out.splitlines() if "Pro" in line]
-    assert len(preset_lines) == 2 and "1792" in preset_lines[0] and "18.1%" in preset_lines[0]
+    assert len(preset_lines) == 2 and "1792" in preset_lines[0] and "17.4%" in preset_lines[0]
     assert "decode tok/s" not in header
 
 
@@ -70,7 +70,7 @@ def test_sweep_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, extra, mes
 
 def test_config_round_trips_through_internevo(tmp_path, capsys):
     out = tmp_path / "row.py"
-    assert main(["arch", "config", "--hidden", "1792", "--layers", "20", "--heads", "14", "--expansion", "2.714",
+    assert main(["arch", "config", "--hidden", "1792", "--layers", "21", "--heads", "14", "--expansion", "2.714",
                  "--vocab", "48000", "--output", str(out)]) == 0
     namespace = runpy.run_path(str(out))
     assert namespace["model_type"] == "PANGU_PI_PRO"

@@ -63,11 +63,11 @@ def test_kv_cache_bytes_match_the_model_cache(dtype, name):
 
 def test_1b_pro_costs():
     cfg = get_preset("pangu_pi_1b_pro")
-    # 20 layers x (keys + values) x 1792 channels x 2 bytes
-    assert costs.kv_cache_bytes_per_token(cfg, "bf16") == 20 * 2 * 1792 * 2
+    # 21 layers x (keys + values) x 1792 channels x 2 bytes
+    assert costs.kv_cache_bytes_per_token(cfg, "bf16") == 21 * 2 * 1792 * 2
     # PaLM's 6 N + 12 L S h, N = non-embedding params without norms, plus the head.
-    six_n = 6 * (cfg.non_embedding_params() - (2 * 20 + 1) * 1792 + cfg.vocab_size * cfg.hidden_size)
-    assert costs.train_flops_per_token(cfg, 2048) == six_n + 12 * 20 * 2048 * 1792
+    six_n = 6 * (cfg.non_embedding_params() - (2 * 21 + 1) * 1792 + cfg.vocab_size * cfg.hidden_size)
+    assert costs.train_flops_per_token(cfg, 2048) == six_n + 12 * 21 * 2048 * 1792
 
 
 def test_bad_dtype_and_seq_len():

@@ -80,7 +80,7 @@ def test_1b_sweep_marks_the_presets_and_respects_ranges():
 def test_1b_pro_embedding_share_matches_its_formula():
     cfg = PRESETS["pangu_pi_1b_pro"]
     row = next(row for row in build_rows(ONE_B) if row.preset == "pangu_pi_1b_pro")
-    h, layers, ffn, vocab = 1792, 20, 4864, 48000
+    h, layers, ffn, vocab = 1792, 21, 4864, 48000
     total = 2 * vocab * h + layers * (4 * h * h + 3 * h * ffn + 2 * h) + h
     assert row.params == total
     assert row.to_dict()["embedding_share"] == pytest.approx(2 * vocab * h / total, abs=1e-6)

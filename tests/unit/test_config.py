@@ -7,11 +7,13 @@ from rethinktiny.errors import UserError
 
 def test_1b_pro_shape_and_size():
     cfg = get_preset("pangu_pi_1b_pro")
-    assert (cfg.hidden_size, cfg.num_layers, cfg.num_attention_heads, cfg.vocab_size) == (1792, 20, 14, 48000)
+    # The paper's model table: width 1792, depth 21, vocabulary 48,000.
+    assert (cfg.hidden_size, cfg.num_layers, cfg.num_attention_heads, cfg.vocab_size) == (1792, 21, 14, 48000)
     # mlp_ratio 8/3 -> int(4778.67) = 4778 -> next multiple of 256
     assert cfg.intermediate_size == 4864
     assert 0.9e9 < cfg.num_params() < 1.05e9
-    # The paper: 18% of the 1B model's parameters are embedding + head at 48k vocabulary.
+    assert cfg.num_params() == 2 * 48000 * 1792 + 21 * (4 * 1792**2 + 3 * 1792 * 4864 + 2 * 1792) + 1792
+    # The paper: about 18% of the 1B model's parameters are embedding + head at 48k vocabulary.
     assert cfg.embedding_share() == pytest.approx(2 * 48000 * 1792 / cfg.num_params())
     assert 0.17 < cfg.embedding_share() < 0.19
 

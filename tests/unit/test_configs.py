@@ -43,7 +43,10 @@ def test_every_config_builds_its_model_on_meta(path):
 
 
 def test_presets_in_configs():
-    assert model_config_from_file(REPO / "configs" / "LLM1B.py") == get_preset("pangu_pi_1b_pro")
+    # LLM1B.py keeps the seed's 20 layers; the preset has the paper table's 21 (the file says so).
+    assert get_preset("pangu_pi_1b_pro").num_layers == 21
+    assert model_config_from_file(REPO / "configs" / "LLM1B.py") == get_preset("pangu_pi_1b_pro").replace(num_layers=20)
+    assert "num_layers 20 (preset: 21)" in (REPO / "configs" / "LLM1B.py").read_text()
     assert model_config_from_file(REPO / "configs" / "LLM1.5B.py") == get_preset("pangu_pi_1.5b_pro")
     assert load_config_file(REPO / "configs" / "LLM1B.py")["data"]["seq_len"] == 2048
 
