@@ -36,8 +36,14 @@ def _env_int(*names: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The launch flags, shared by start_finetune.py and `rethinktiny train`."""
     p.add_argument("--config", required=True, help="InternEvo Python config file")
     p.add_argument("--launcher", choices=["torch", "slurm"], default="torch")
     p.add_argument("--nproc-per-node", "--nproc_per_node", "--gpus-per-node", dest="nproc_per_node", type=int,
@@ -55,7 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value in every rank, e.g. --set data.total_steps=40 (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the launch command instead of running it")
-    return p
 
 
 def in_torchrun() -> bool:
@@ -134,26 +139,28 @@ INTERNEVO_MODEL_TYPES = ("INTERNLM", "INTERNLM2_PUBLIC", "LLAMA2", "INTERNLM_MoE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if not os.path.isfile(args.config):
-            raise UserError(f"{args.config}: config file not found")
-        if not (in_torchrun() or in_srun_step()):
-            validate_config(args.config, args.overrides)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    from rethinktiny.cli import run_command
+
+    return run_command(launch, build_parser().parse_args(argv))
+
+
+def launch(args: argparse.Namespace) -> int:
+    """Train in this process when it is a rank, else start the ranks and return their exit status.
+
+    Args:
+        args: the flags of `add_arguments`. Raises UserError for a bad config before any rank starts.
+    """
+    if not os.path.isfile(args.config):
+        raise UserError(f"{args.config}: config file not found")
     if in_torchrun() or (args.launcher == "slurm" and in_srun_step()):
         from rethinktiny.internevo.train import main as train_main
 
         port = args.master_port or 29500
         return train_main(["--config", args.config, "--launcher", "torch" if in_torchrun() else "slurm",
                            "--port", str(port), "--seed", str(args.seed), *_override_args(args)])
-    try:
-        args.nproc_per_node = args.nproc_per_node or default_nproc(args.config)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if not in_srun_step():
+        validate_config(args.config, args.overrides)
+    args.nproc_per_node = args.nproc_per_node or default_nproc(args.config)
     command = torchrun_command(args) if args.launcher == "torch" else srun_command(args)
     if args.dry_run:
         print(" ".join(command))

@@ -1,42 +1,49 @@
 """`rethinktiny <group> [<command>] ...`: the one console script.
 
-The table below maps each top-level name to the module that declares its arguments and the typed
-function it calls. Modules are imported only when their group is used, so `rethinktiny vocab ...`
-never pays for torch or InternEvo imports it does not need.
+The table below holds each group's module itself (litgpt-style), so a missing module fails when
+this package is imported, not when a user types the command. The group modules import only
+argparse and light rethinktiny modules at the top; each command imports what it needs (torch,
+InternEvo) when it runs, so `rethinktiny vocab ...` never pays for imports it does not use.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from types import ModuleType
 from typing import Callable
 
+from rethinktiny.cli import arch, config, convert, data, evaluate, inherit, multiround, resample, train, vocab
 from rethinktiny.errors import UserError
 
 # name -> (module with `configure(parser)`, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("rethinktiny.cli.data", "train a tokenizer; write InternEvo tokenized data"),
-    "vocab": ("rethinktiny.cli.vocab", "compact tokenizer: count, merge, prune, inspect"),
-    "inherit": ("rethinktiny.cli.inherit", "build a small model's weights from a large checkpoint"),
-    "resample": ("rethinktiny.cli.resample", "score batches with a frozen model, keep the hard ones"),
-    "multiround": ("rethinktiny.cli.multiround", "train several rounds, resampling between them"),
-    "convert": ("rethinktiny.cli.convert", "Hugging Face export (to-hf) and import (from-hf)"),
-    "eval": ("rethinktiny.cli.evaluate", "held-out loss and perplexity"),
-    "arch": ("rethinktiny.cli.arch", "depth/width/expansion explorer for a parameter budget"),
-    "config": ("rethinktiny.cli.config", "write InternEvo config files for presets"),
-    "train": ("rethinktiny.cli.train", "launch InternEvo training (same as start_finetune.py)"),
+COMMANDS: dict[str, tuple[ModuleType, str]] = {
+    "data": (data, "train a tokenizer; write InternEvo tokenized data"),
+    "vocab": (vocab, "compact tokenizer: count, merge, prune, inspect"),
+    "inherit": (inherit, "build a small model's weights from a large checkpoint"),
+    "resample": (resample, "score batches with a frozen model, keep the hard ones"),
+    "multiround": (multiround, "train several rounds, resampling between them"),
+    "convert": (convert, "Hugging Face export (to-hf) and import (from-hf)"),
+    "eval": (evaluate, "held-out loss and perplexity"),
+    "arch": (arch, "depth/width/expansion explorer for a parameter budget"),
+    "config": (config, "write InternEvo config files for presets"),
+    "train": (train, "launch InternEvo training (same as start_finetune.py)"),
 }
 
 
-def build_parser(argv_group: str | None) -> argparse.ArgumentParser:
+def build_parser(argv_group: str | None = None) -> argparse.ArgumentParser:
+    """The `rethinktiny` parser with every group; only `argv_group`'s own flags are declared.
+
+    Args:
+        argv_group: the group named on the command line, or None (top-level help).
+    """
     parser = argparse.ArgumentParser(prog="rethinktiny", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="group", metavar="<group>")
     sub.required = True
-    for name, (module_name, help_text) in COMMANDS.items():
+    for name, (module, help_text) in COMMANDS.items():
         group_parser = sub.add_parser(name, help=help_text, description=help_text)
-        if name == argv_group:  # only import the module of the group actually used
-            importlib.import_module(module_name).configure(group_parser)
+        if name == argv_group:  # declaring every group's flags would cost time on every call
+            module.configure(group_parser)
     return parser
 
 
