@@ -15,6 +15,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--text-key", default="text")
     p.add_argument("--user-defined-symbol", action="append", default=[], dest="symbols",
                    help="a piece never split (repeatable)")
+    p.add_argument("--normalization", default="identity",
+                   help="SentencePiece normalization rule: identity (default: text kept as written, "
+                        "newlines and tabs included), nmt_nfkc, nfkc, nmt_nfkc_cf or nfkc_cf")
     p.add_argument("--force", action="store_true", help="replace an existing --dst")
     p.set_defaults(func=_train_tokenizer)
 
@@ -40,7 +43,8 @@ def _train_tokenizer(args: argparse.Namespace) -> None:
     from rethinktiny.data.prepare import train_tokenizer
 
     path = train_tokenizer(args.input, args.dst, args.vocab_size, text_key=args.text_key,
-                           user_defined_symbols=tuple(args.symbols), force=args.force)
+                           user_defined_symbols=tuple(args.symbols), normalization=args.normalization,
+                           force=args.force)
     print(f"wrote {path}")
 
 

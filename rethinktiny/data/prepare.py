@@ -41,10 +41,22 @@ def _safe_type_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "_", name) or "default"
 
 
+# SentencePiece's built-in normalization rules. "identity" (our default) keeps the text as it is:
+# decode(encode(x)) == x, newlines and tabs survive (as pieces or byte pieces), and llama.cpp,
+# which applies no normalizer, cuts text into the same pieces. The NFKC rules fold newlines and
+# tabs into spaces and full-width punctuation into ASCII.
+NORMALIZATION_RULES = ("identity", "nmt_nfkc", "nfkc", "nmt_nfkc_cf", "nfkc_cf")
+
+
 def train_tokenizer(corpus: str | os.PathLike, dst: str | os.PathLike, vocab_size: int,
                     text_key: str = "text", user_defined_symbols: tuple[str, ...] = (),
-                    character_coverage: float = 0.9995, force: bool = False) -> Path:
+                    character_coverage: float = 0.9995, normalization: str = "identity",
+                    force: bool = False) -> Path:
     """Train a SentencePiece BPE tokenizer with byte fallback on a jsonl corpus.
+
+    Whitespace is kept as written: no normalization by default, runs of spaces are not collapsed
+    (`remove_extra_whitespaces=False`), spaces may form pieces of their own, and a character
+    without a piece (a newline, say, in a corpus with few of them) falls back to its UTF-8 bytes.
 
     Args:
         corpus: jsonl file with a `text_key` field per line.
@@ -52,10 +64,14 @@ def train_tokenizer(corpus: str | os.PathLike, dst: str | os.PathLike, vocab_siz
         vocab_size: number of pieces (including <unk>, <s>, </s> and the 256 byte pieces).
         user_defined_symbols: pieces that are never split (e.g. chat markers).
         character_coverage: share of characters covered by normal pieces; the rest use bytes.
+        normalization: SentencePiece normalization rule, one of `NORMALIZATION_RULES`.
         force: replace an existing `dst`.
     """
     import sentencepiece as spm
 
+    if normalization not in NORMALIZATION_RULES:
+        raise UserError(f"--normalization: unknown rule {normalization!r}; choose one of "
+                        f"{', '.join(NORMALIZATION_RULES)}")
     texts = [text for _, text in iter_jsonl_texts(corpus, text_key, None)]
     if not texts:
         raise UserError(f"{corpus}: no documents")
@@ -65,6 +81,7 @@ def train_tokenizer(corpus: str | os.PathLike, dst: str | os.PathLike, vocab_siz
             spm.SentencePieceTrainer.train(
                 sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
                 model_type="bpe", byte_fallback=True, character_coverage=character_coverage,
+                normalization_rule_name=normalization,
                 user_defined_symbols=list(user_defined_symbols), split_digits=True,
                 allow_whitespace_only_pieces=True, remove_extra_whitespaces=False,
                 max_sentence_length=1 << 16, num_threads=1, minloglevel=2,
@@ -75,7 +92,7 @@ def train_tokenizer(corpus: str | os.PathLike, dst: str | os.PathLike, vocab_siz
         write_manifest(tmp, "data train-tokenizer",
                        dict(corpus=str(corpus), vocab_size=vocab_size, text_key=text_key,
                             user_defined_symbols=list(user_defined_symbols),
-                            character_coverage=character_coverage),
+                            character_coverage=character_coverage, normalization=normalization),
                        inputs={"corpus": corpus})
     return Path(dst) / "tokenizer.model"
 
