@@ -16,10 +16,10 @@ Framing rule (what one document looks like in tokenized data): the tokenizer's o
 framing already ends with it:
   - SentencePiece: `<s> ids </s>` (as InternEvo's tokenizer tool and LLaMA's tokenizer with
     add_bos_token=True frame it, plus the end of the document);
-  - HF folder: `add_bos_token`/`add_eos_token` in tokenizer_config.json when present (transformers
-    rebuilds the post-processor from them), else the post-processor in tokenizer.json. SmolLM2
-    (bos = eos = `<|endoftext|>`, post-processor adds nothing) gives `ids <|endoftext|>`, exactly how
-    its pretraining stream separates documents.
+  - HF folder: what tokenizer.json's post-processor adds (`add_bos_token`/`add_eos_token` in
+    tokenizer_config.json are ignored, as transformers 5 ignores them next to a tokenizer.json); e.g.
+    LLaMA-2/3 and Mistral `<s> ids </s>`-style, SmolLM2 (bos = eos = `<|endoftext|>`, post-processor
+    adds nothing) `ids <|endoftext|>`, exactly how its pretraining stream separates documents.
 BOS/EOS/PAD/UNK come from tokenizer_config.json, then special_tokens_map.json; a token that is not
 in the vocabulary counts as absent (None).
 """
@@ -169,7 +169,7 @@ def _load_huggingface(file: Path) -> Tokenizer:
     if specials["unk"] is None:
         specials["unk"] = _special_id(backend, getattr(backend.model, "unk_token", None))
     vocab_size = max(backend.get_vocab(with_added_tokens=True).values(), default=-1) + 1
-    prefix, suffix = _hf_framing(file, backend, config, specials)
+    prefix, suffix = _hf_framing(file, backend)
     return Tokenizer(HUGGINGFACE, file, backend, vocab_size, specials, prefix, suffix)
 
 
@@ -197,16 +197,10 @@ def _special_id(backend, token) -> int | None:
     return backend.token_to_id(token)
 
 
-def _hf_framing(file: Path, backend, config: dict, specials: dict) -> tuple[list[int], list[int]]:
-    """(prefix, suffix) that `AutoTokenizer(text, add_special_tokens=True)` puts around a text.
-
-    transformers (5.x, `TokenizersBackend.__init__`) rebuilds the post-processor from
-    add_bos_token/add_eos_token when either is in the config, otherwise keeps tokenizer.json's.
-    """
-    if "add_bos_token" in config or "add_eos_token" in config:
-        prefix = [specials["bos"]] if config.get("add_bos_token") and specials["bos"] is not None else []
-        suffix = [specials["eos"]] if config.get("add_eos_token") and specials["eos"] is not None else []
-        return prefix, suffix
+def _hf_framing(file: Path, backend) -> tuple[list[int], list[int]]:
+    """(prefix, suffix) that `AutoTokenizer(text, add_special_tokens=True)` puts around a text: those of
+    tokenizer.json's post-processor (transformers 5 drops tokenizer_config's add_bos_token/add_eos_token
+    whenever a tokenizer.json exists, `PreTrainedTokenizerBase._from_pretrained`)."""
     if backend.post_processor is None:
         return [], []
     # Any single-sequence template is prefix + $A + suffix: read both off one probe encoding.

@@ -50,6 +50,18 @@ def tiny_tokenizer(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def hf_bpe_tokenizer(tmp_path_factory) -> Path:
+    """A byte-level BPE Hugging Face tokenizer folder (tokenizer.json, SmolLM2's layout: 1,500 ids,
+    bos = eos = <|endoftext|> id 0) trained with `tokenizers` on the bundled sample."""
+    import json
+
+    from tests.unit.hf_tokenizer_helpers import train_byte_level_bpe, write_hf_folder
+
+    texts = [json.loads(line)["text"] for line in open(SAMPLE_TRAIN, encoding="utf-8")]
+    return write_hf_folder(train_byte_level_bpe(texts), tmp_path_factory.mktemp("hf_bpe") / "tok")
+
+
+@pytest.fixture(scope="session")
 def tokenized_sample(tmp_path_factory, tiny_tokenizer) -> Path:
     """The bundled training sample in InternEvo's format (<folder>/<type>/*.bin + .meta)."""
     from rethinktiny.data.prepare import tokenize_corpus
