@@ -8,11 +8,17 @@ import json
 import pytest
 
 from rethinktiny.cli import main
-from rethinktiny.data.prepare import load_sentencepiece, train_tokenizer
+from rethinktiny.data.prepare import train_tokenizer
 from rethinktiny.errors import UserError
 from rethinktiny.vocab.spmodel import load_model_proto
 
 from tests.conftest import REPO
+
+
+def load_sentencepiece(path):
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor(model_file=str(path))
 
 
 def _sample_texts() -> list[str]:
