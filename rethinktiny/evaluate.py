@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rethinktiny.config import ModelConfig
+from rethinktiny.dtypes import parse_dtype
 from rethinktiny.errors import UserError
 
 IGNORE = -100
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -50,12 +50,6 @@ class PerplexityResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise UserError(f"--dtype: unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
-    return DTYPES[name]
 
 
 def sentencepiece_encoder(path: str | os.PathLike, vocab_size: int) -> tuple[Callable, int | None, int | None]:
@@ -100,7 +94,7 @@ def load_hf_model(folder: Path, tokenizer: str | os.PathLike | None, dtype: str)
     dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     try:
         model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True,
-                                                     **{dtype_key: _dtype(dtype)})
+                                                     **{dtype_key: parse_dtype(dtype)})
     except (OSError, ValueError, KeyError) as err:
         raise UserError(f"{folder}: cannot load as a Hugging Face causal LM ({err})") from None
     model.eval()
@@ -133,7 +127,7 @@ def load_internevo_model(path: Path, config: ModelConfig | str | os.PathLike | N
     model = PanGuPi(cfg)
     check_state_dict(state, {k: v.shape for k, v in model.state_dict().items()}, str(ckpt.folder))
     model.load_state_dict(state, strict=True)
-    model.to(_dtype(dtype)).eval()
+    model.to(parse_dtype(dtype)).eval()
     sp_path = tokenizer if tokenizer is not None else _default_tokenizer(path, ckpt.folder)
     encode, bos, eos = sentencepiece_encoder(sp_path, cfg.vocab_size)
     return EvalModel(model, encode, bos, eos, "internevo")

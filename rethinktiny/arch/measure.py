@@ -16,10 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from rethinktiny.config import ModelConfig
+from rethinktiny.dtypes import parse_dtype
 from rethinktiny.errors import UserError
 from rethinktiny.model import KVCache, PanGuPi
-
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -45,12 +44,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """A weight dtype by name; fp16 on CPU is refused (most CPU kernels lack it)."""
-    if name not in TORCH_DTYPES:
-        raise UserError(f"--measure-dtype: expected one of {sorted(TORCH_DTYPES)}, got {name!r}")
-    if name == "fp16" and device.type == "cpu":
-        raise UserError("--measure-dtype fp16 is not supported on CPU; use fp32 or bf16")
-    return TORCH_DTYPES[name]
+    """A weight dtype by name (see `rethinktiny.dtypes`); fp16 on CPU is refused (most CPU kernels lack it)."""
+    dtype = parse_dtype(name, "--measure-dtype")
+    if dtype == torch.float16 and device.type == "cpu":
+        raise UserError(f"--measure-dtype {name}: float16 is not supported on CPU; use float32 or bfloat16")
+    return dtype
 
 
 def random_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int = 0,
@@ -158,7 +156,8 @@ def measure_speed(cfg: ModelConfig, device: str = "cpu", dtype: str = "fp32", pr
     Args:
         cfg: the shape.
         device: `cpu` or `cuda`.
-        dtype: weight and cache dtype name (`fp32`, `bf16`, `fp16` on CUDA only).
+        dtype: weight and cache dtype name (`float32`, `bfloat16`, `float16` on CUDA only, or
+            their short forms `fp32`, `bf16`, `fp16`).
         prompt_len, decode_steps, warmup_steps, seed: see `measure_model`.
     """
     torch_device = resolve_device(device)

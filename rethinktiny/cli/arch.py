@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from rethinktiny.dtypes import dtype_argument, dtype_help
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
@@ -26,7 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-dtype", default="bf16", help="KV-cache element type: fp32, bf16, fp16, fp8, int8")
     p.add_argument("--measure", choices=("cpu", "cuda"), default=None,
                    help="also time prefill and batch-1 decode with random weights on this device")
-    p.add_argument("--measure-dtype", default="fp32", help="weight dtype when measuring: fp32, bf16, fp16")
+    p.add_argument("--measure-dtype", default="fp32", type=dtype_argument(),
+                   help=f"weight dtype when measuring: {dtype_help()}; float16 on cuda only")
     p.add_argument("--prompt-len", type=int, default=32, help="prompt tokens of the timed prefill")
     p.add_argument("--decode-steps", type=int, default=8, help="timed decode steps")
     p.add_argument("--warmup-steps", type=int, default=2, help="untimed decode steps before timing")

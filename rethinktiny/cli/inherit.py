@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from rethinktiny.dtypes import dtype_argument, dtype_help
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--src", required=True,
@@ -20,7 +22,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--src-config", default=None,
                         help="shape of an InternEvo source without model_config.json (preset or config file)")
-    parser.add_argument("--dtype", default="source", help="output dtype: source | bf16 | fp16 | fp32")
+    parser.add_argument("--dtype", default="source", type=dtype_argument(keep=True),
+                        help=f"output dtype: {dtype_help(keep=True)} (auto, or source: the source's)")
     parser.add_argument("--learn-steps", type=int, default=300, help="optimisation steps for --width learnable")
     parser.add_argument("--micro-rows", type=int, default=4, help="calibration rows per forward/backward call")
     parser.add_argument("--force", action="store_true", help="replace an existing --dst")

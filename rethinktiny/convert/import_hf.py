@@ -17,10 +17,10 @@ from tqdm import tqdm
 from rethinktiny.artifacts import check_writable, output_dir, write_manifest
 from rethinktiny.checkpoint import check_state_dict, save_model_only
 from rethinktiny.config import ModelConfig
-from rethinktiny.convert.export import parse_dtype
 from rethinktiny.convert.hf_config import model_config_from_hf, read_hf_config
 from rethinktiny.convert.keys import IGNORED_HF_SUFFIXES, half_to_interleaved, hf_to_ours, ours_to_hf, rotary_heads
 from rethinktiny.convert.safetensors_io import HFWeights
+from rethinktiny.dtypes import parse_dtype
 from rethinktiny.errors import UserError
 from rethinktiny.model import parameter_shapes
 
@@ -90,7 +90,7 @@ def from_hf(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "auto",
     """
     src = Path(src)
     check_writable(dst, force)
-    target_dtype = parse_dtype(dtype)
+    target_dtype = parse_dtype(dtype, keep=True)
     cfg = model_config_from_hf(read_hf_config(src), str(src / "config.json"))
     weights = HFWeights(src)
     mapping, ignored = map_hf_keys(weights, cfg, str(src))

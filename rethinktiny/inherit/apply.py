@@ -21,6 +21,7 @@ from tqdm import tqdm
 from rethinktiny.artifacts import check_writable, output_dir, write_manifest
 from rethinktiny.checkpoint import check_state_dict, save_model_only
 from rethinktiny.config import ModelConfig, get_preset
+from rethinktiny.dtypes import parse_dtype
 from rethinktiny.errors import UserError
 from rethinktiny.inherit.calib import Calibration, calibration_batches
 from rethinktiny.inherit.importance import (CALIBRATED_METRICS, WIDTH_METRICS, WidthScores, activation_scores,
@@ -32,9 +33,6 @@ from rethinktiny.inherit.prune import (KeepPlan, LayerKeep, check_target_fits, c
 from rethinktiny.inherit.report import PLOT_FILE, build_report, plot_layer_importance, write_report
 from rethinktiny.inherit.sources import Source, open_source
 from rethinktiny.model import parameter_shapes
-
-DTYPES = {"source": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
 
 def resolve_target(target: str | ModelConfig) -> ModelConfig:
     """A ModelConfig, a preset name, or an InternEvo config file path."""
@@ -150,8 +148,7 @@ def gather_target(source: Source, plan: KeepPlan, dtype: torch.dtype | None) -> 
 def _check_choices(layers: str, width: str, dtype: str, calib: Any) -> None:
     if width not in WIDTH_METRICS:
         raise UserError(f"--width {width!r}: choose one of {', '.join(WIDTH_METRICS)}")
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    parse_dtype(dtype, keep=True)  # a bad --dtype fails before any work
     if calib is None and (width in CALIBRATED_METRICS or layers == "block-influence"):
         what = f"--width {width}" if width in CALIBRATED_METRICS else "--layers block-influence"
         raise UserError(f"{what} needs calibration data: pass --calib TOKENIZED_DIR")
@@ -182,7 +179,7 @@ def inherit(src: str | Path, target: str | ModelConfig, dst: str | Path, layers:
         seed: calibration document order, learnable row order, random scores.
         force: replace an existing `dst`.
         src_config: shape of an InternEvo source without a model config file.
-        dtype: output dtype: source, bf16, fp16 or fp32.
+        dtype: output dtype (see `rethinktiny.dtypes`); source (or auto) keeps the source's.
         learn_steps: optimisation steps of the learnable masks.
         micro_rows: calibration rows per forward/backward call (bounds attention memory).
     Returns:
@@ -207,7 +204,7 @@ def inherit(src: str | Path, target: str | ModelConfig, dst: str | Path, layers:
                 calib_seq_len=calib_seq_len, token_map=str(token_map) if token_map else None, dtype=dtype,
                 learn_steps=learn_steps, micro_rows=micro_rows)
     with output_dir(dst, force) as tmp:
-        state = gather_target(source, plan, DTYPES[dtype])
+        state = gather_target(source, plan, parse_dtype(dtype, keep=True))
         save_model_only(tmp, state, target_cfg)
         del state
         report = build_report(plan, scores, layers, influence, source.describe(),

@@ -20,12 +20,13 @@ import numpy as np
 
 from rethinktiny.artifacts import check_writable, output_dir, write_manifest
 from rethinktiny.config import ModelConfig, from_internevo
+from rethinktiny.dtypes import dtype_name
 from rethinktiny.errors import UserError
 from rethinktiny.resample.batches import PackedCorpus, require_batches
 from rethinktiny.resample.launch import LaunchOptions, run_scoring_ranks
 from rethinktiny.resample.sampling import Draw, check_temperature, num_to_select, resample, seeded_generator
 from rethinktiny.resample.scorefiles import ScorePlan, collect_losses, plan_identity, prepare_folder
-from rethinktiny.resample.scoring import config_dtype, open_checked_checkpoint
+from rethinktiny.resample.scoring import open_checked_checkpoint
 from rethinktiny.resample.spec import BatchSpec, spec_from_data_config
 from rethinktiny.resample.writer import write_scores_and_selection, write_selected_data
 
@@ -56,7 +57,8 @@ def read_training_config(path: str | os.PathLike, overrides: Sequence[str] = ())
         if not isinstance(config.get(key), dict):
             raise UserError(f"{path}: no {key}=dict(...) entry")
     model = from_internevo(dict(config["model"]), source=f"{path}: model")
-    dtype = config_dtype(config["model"].get("dtype", "torch.float16"))  # InternEvo's default is fp16
+    # InternEvo's default is fp16
+    dtype = dtype_name(config["model"].get("dtype", "torch.float16"), flag=f"{path}: model.dtype")
     loss = config.get("loss") or {}
     return TrainingConfig(Path(path), model, dict(config["data"]), dtype, float(loss.get("label_smoothing", 0) or 0))
 

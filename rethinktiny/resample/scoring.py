@@ -14,20 +14,12 @@ import torch.nn.functional as F
 
 from rethinktiny.checkpoint import InternEvoCheckpoint, check_state_dict, read_model_config
 from rethinktiny.config import ModelConfig
+from rethinktiny.dtypes import parse_dtype
 from rethinktiny.errors import UserError
 from rethinktiny.model import PanGuPi, parameter_shapes
 from rethinktiny.resample.packing import IGNORE, PackedRow
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # parameter-free buffers InternEvo may save
-
-
-def config_dtype(value) -> str:
-    """"float32" / "bfloat16" / "float16" from a config's `model.dtype` ("torch.bfloat16" or a dtype)."""
-    name = str(value).removeprefix("torch.")
-    if name not in DTYPES:
-        raise UserError(f"model.dtype {value!r} is not one of {['torch.' + n for n in DTYPES]}")
-    return name
 
 
 def _check_same_model(ckpt: InternEvoCheckpoint, cfg: ModelConfig) -> None:
@@ -69,7 +61,7 @@ def load_scoring_model(path: str | os.PathLike, cfg: ModelConfig, dtype: str = "
     Args:
         path: InternEvo step folder, or its save folder (latest step).
         cfg: the model the config describes (the checkpoint must match it).
-        dtype: "float32", "bfloat16" or "float16".
+        dtype: weight dtype (see `rethinktiny.dtypes`).
         device: where to score.
     """
     ckpt, _ = open_checked_checkpoint(path, cfg)
@@ -78,7 +70,7 @@ def load_scoring_model(path: str | os.PathLike, cfg: ModelConfig, dtype: str = "
         state["output.weight"] = state["tok_embeddings.weight"]
     model = PanGuPi(cfg)
     model.load_state_dict(state, strict=True)
-    return model.to(device=device, dtype=DTYPES[dtype]).eval()
+    return model.to(device=device, dtype=parse_dtype(dtype)).eval()
 
 
 @torch.inference_mode()

@@ -58,7 +58,7 @@ def test_unmeasured_plot(tmp_path):
     (["--expansion", "4:2"], "--expansion: empty range"),
     (["--params", "1e4"], "smaller than the embedding"),
     (["--heads-dim", "33"], "--heads-dim must be a positive even"),
-    (["--measure-dtype", "fp16", *QUICK_MEASURE], "fp16 is not supported on CPU"),
+    (["--measure-dtype", "fp16", *QUICK_MEASURE], "float16 is not supported on CPU"),
 ])
 def test_sweep_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, extra, message):
     plot = tmp_path / "out.png"

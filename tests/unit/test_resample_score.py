@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from rethinktiny.errors import UserError
 from rethinktiny.resample.batches import PackedCorpus, RowReader, batch_rows
 from rethinktiny.resample.packing import IGNORE
-from rethinktiny.resample.scoring import batch_loss, config_dtype, load_scoring_model, row_loss
+from rethinktiny.resample.scoring import batch_loss, load_scoring_model, row_loss
 from rethinktiny.resample.spec import BatchSpec
 
 from .resample_helpers import model_config, write_checkpoint, write_small_data
@@ -75,9 +75,3 @@ def test_checkpoint_with_other_hyperparameters_is_refused(tmp_path):
     folder = write_checkpoint(tmp_path / "eps", model_config({"layer_norm_epsilon": 1e-6}))
     with pytest.raises(UserError, match="norm_eps is 1e-06 there but 1e-05"):
         load_scoring_model(folder, model_config())
-
-
-def test_config_dtype_names():
-    assert config_dtype("torch.bfloat16") == "bfloat16" and config_dtype(torch.float32) == "float32"
-    with pytest.raises(UserError, match="model.dtype 'torch.int8'"):
-        config_dtype("torch.int8")
