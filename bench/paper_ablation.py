@@ -59,13 +59,14 @@ from rethinktiny.artifacts import (check_writable, output_dir, write_file_atomic
                                    write_manifest)
 from rethinktiny.checkpoint import save_model_only  # noqa: E402
 from rethinktiny.config import ModelConfig  # noqa: E402
-from rethinktiny.data.prepare import load_sentencepiece, tokenize_corpus, train_tokenizer  # noqa: E402
+from rethinktiny.data.prepare import tokenize_corpus, train_tokenizer  # noqa: E402
 from rethinktiny.errors import UserError  # noqa: E402
 from rethinktiny.evaluate import document_windows, score_windows  # noqa: E402
 from rethinktiny.inherit.apply import inherit  # noqa: E402
 from rethinktiny.inherit.importance import CALIBRATED_METRICS  # noqa: E402
 from rethinktiny.model import PanGuPi  # noqa: E402
 from rethinktiny.resample.sampling import num_to_select, resample, seeded_generator  # noqa: E402
+from rethinktiny.tokenizer import load_tokenizer  # noqa: E402
 from rethinktiny.vocab.count import count_folder  # noqa: E402
 from rethinktiny.vocab.sum_counts import merge_counts  # noqa: E402
 from rethinktiny.vocab.prune import prune_tokenizer  # noqa: E402
@@ -199,8 +200,8 @@ def prepare_tokenizers(train_jsonl: Path, work: Path) -> dict[int, Tokenizer]:
 
 def eval_set(tokenizer: Tokenizer, texts: list[str], seq: int) -> EvalSet:
     """Held-out documents as <s> ids </s>, cut into windows where every token after <s> is a target once."""
-    processor = load_sentencepiece(tokenizer.model)
-    docs = [[processor.bos_id()] + ids + [processor.eos_id()] for ids in processor.encode(texts)]
+    loaded = load_tokenizer(tokenizer.model)
+    docs = [loaded.frame(ids) for ids in loaded.encode_batch(texts)]
     windows = [w for ids in docs for w in document_windows(ids, seq)]
     return EvalSet(windows, sum(len(d) - 1 for d in docs), sum(len(t.encode("utf-8")) for t in texts),
                    sum(len(t) for t in texts), len(texts))

@@ -34,7 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rethinktiny.data.prepare import load_sentencepiece, tokenize_corpus  # noqa: E402
+from rethinktiny.data.prepare import tokenize_corpus  # noqa: E402
+from rethinktiny.tokenizer import load_tokenizer  # noqa: E402
 from rethinktiny.data.tokenized import find_bin_files  # noqa: E402
 from rethinktiny.vocab.count import count_folder  # noqa: E402
 from rethinktiny.vocab.sum_counts import merge_counts  # noqa: E402
@@ -99,9 +100,9 @@ def seed_totals(dst: Path) -> Counter:
 
 def prepare_data(tokenizer: Path, corpus: Path, shards: int, work: Path) -> Path:
     """The corpus in InternEvo format, split into `shards` files of about equal token counts."""
-    processor = load_sentencepiece(tokenizer)
+    loaded = load_tokenizer(tokenizer)
     texts = [json.loads(line)["text"] for line in open(corpus, encoding="utf-8")]
-    tokens = sum(len(ids) + 2 for ids in processor.encode(texts))
+    tokens = sum(len(loaded.frame(ids)) for ids in loaded.encode_batch(texts))
     data = work / "data"
     tokenize_corpus(corpus, tokenizer, data, type_key=None, shard_tokens=math.ceil(tokens / shards))
     return data

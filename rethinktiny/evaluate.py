@@ -3,9 +3,12 @@ a Hugging Face folder (loaded with transformers, offline) or an InternEvo checkp
 `PanGuPi`). Both forms go through the same tokenization rule and the same scoring loop, so an
 export and its source give the same number.
 
-Rule: each document is `<s> + tokens + </s>` (as `data tokenize` writes training data), cut into
-windows of at most `seq_len` predicted tokens; window k starts where window k-1 ended (one token
-of overlap, no extra context), so every token after <s> is predicted exactly once. Loss is the
+Rule: each document is `Tokenizer.frame(ids)` (as `data tokenize` writes training data:
+SentencePiece `<s> ids </s>`); when that framing has no BOS (SmolLM2: `ids <|endoftext|>`), the
+tokenizer's BOS, else its EOS, is put before it as context (what precedes a document in the packed
+stream, and lm-evaluation-harness's prefix token), so every text token is predicted. Each document is
+cut into windows of at most `seq_len` predicted tokens; window k starts where window k-1 ended (one
+token of overlap, no extra context), so every token after the first is predicted exactly once. Loss is the
 mean next-token negative log-likelihood over all predicted tokens; perplexity is exp(loss).
 """
 
@@ -22,10 +25,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rethinktiny.config import ModelConfig
-from rethinktiny.dtypes import parse_dtype
 from rethinktiny.errors import UserError
+from rethinktiny.tokenizer import Tokenizer, find_tokenizer, load_tokenizer
 
 IGNORE = -100
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -33,9 +37,7 @@ class EvalModel:
     """What scoring needs from a model: logits for [B, S] ids, and its text -> ids rule."""
 
     forward: Callable[[torch.Tensor], torch.Tensor]
-    encode: Callable[[list[str]], list[list[int]]]
-    bos: int | None
-    eos: int | None
+    tokenizer: Tokenizer
     form: str
 
 
@@ -52,37 +54,27 @@ class PerplexityResult:
         return asdict(self)
 
 
-def sentencepiece_encoder(path: str | os.PathLike, vocab_size: int) -> tuple[Callable, int | None, int | None]:
-    """(encode, bos, eos) of a SentencePiece model whose piece count must equal `vocab_size`."""
-    from rethinktiny.data.prepare import load_sentencepiece
-
-    processor = load_sentencepiece(path)
-    if processor.get_piece_size() != vocab_size:
-        raise UserError(f"{path}: tokenizer has {processor.get_piece_size()} pieces but the model's "
-                        f"vocab_size is {vocab_size}")
-
-    def special(value: int) -> int | None:
-        return value if value >= 0 else None
-
-    return (lambda texts: processor.encode(texts)), special(processor.bos_id()), special(processor.eos_id())
+def _dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise UserError(f"--dtype: unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
-def hf_encoder(folder: Path, vocab_size: int) -> tuple[Callable, int | None, int | None]:
-    """(encode, bos, eos) of the HF tokenizer in `folder`, without the tokenizer's own specials
-    (the scoring rule adds <s>/</s> itself)."""
-    from transformers import AutoTokenizer
+def model_tokenizer(path: str | os.PathLike | None, folders: tuple[Path, ...], vocab_size: int) -> Tokenizer:
+    """The tokenizer given, else the first of `folders` holding one; its ids must fit the model.
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{folder}: cannot load a Hugging Face tokenizer ({err}); pass --tokenizer") from None
-    if len(tokenizer) > vocab_size:
-        raise UserError(f"{folder}: tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab_size}")
-
-    def encode(texts: list[str]) -> list[list[int]]:
-        return tokenizer(texts, add_special_tokens=False)["input_ids"]
-
-    return encode, tokenizer.bos_token_id, tokenizer.eos_token_id
+    Args:
+        path: --tokenizer (SentencePiece model, or folder with tokenizer.model or tokenizer.json).
+        folders: where to look when `path` is None (the model's own folders).
+        vocab_size: the model's embedding rows (`Tokenizer.check_fits`).
+    """
+    if path is None:
+        path = find_tokenizer(*folders)
+        if path is None:
+            raise UserError(f"{folders[-1]}: no tokenizer.model or tokenizer.json next to the model; pass --tokenizer")
+    tokenizer = load_tokenizer(path)
+    tokenizer.check_fits(vocab_size)
+    return tokenizer
 
 
 def load_hf_model(folder: Path, tokenizer: str | os.PathLike | None, dtype: str) -> EvalModel:
@@ -94,22 +86,13 @@ def load_hf_model(folder: Path, tokenizer: str | os.PathLike | None, dtype: str)
     dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     try:
         model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True,
-                                                     **{dtype_key: parse_dtype(dtype)})
+                                                     **{dtype_key: _dtype(dtype)})
     except (OSError, ValueError, KeyError) as err:
         raise UserError(f"{folder}: cannot load as a Hugging Face causal LM ({err})") from None
     model.eval()
     vocab = model.config.vocab_size
-    encode, bos, eos = (sentencepiece_encoder(tokenizer, vocab) if tokenizer is not None
-                        else hf_encoder(folder, vocab))
-    return EvalModel(lambda ids: model(input_ids=ids, use_cache=False).logits, encode, bos, eos, "huggingface")
-
-
-def _default_tokenizer(path: Path, step_folder: Path) -> Path:
-    """tokenizer.model next to the weights (from-hf puts it there) or in the folder given."""
-    for folder in (step_folder, path):
-        if (folder / "tokenizer.model").is_file():
-            return folder / "tokenizer.model"
-    raise UserError(f"{path}: no tokenizer.model next to the checkpoint; pass --tokenizer")
+    loaded = model_tokenizer(tokenizer, (folder,), vocab)
+    return EvalModel(lambda ids: model(input_ids=ids, use_cache=False).logits, loaded, "huggingface")
 
 
 def load_internevo_model(path: Path, config: ModelConfig | str | os.PathLike | None,
@@ -127,10 +110,10 @@ def load_internevo_model(path: Path, config: ModelConfig | str | os.PathLike | N
     model = PanGuPi(cfg)
     check_state_dict(state, {k: v.shape for k, v in model.state_dict().items()}, str(ckpt.folder))
     model.load_state_dict(state, strict=True)
-    model.to(parse_dtype(dtype)).eval()
-    sp_path = tokenizer if tokenizer is not None else _default_tokenizer(path, ckpt.folder)
-    encode, bos, eos = sentencepiece_encoder(sp_path, cfg.vocab_size)
-    return EvalModel(model, encode, bos, eos, "internevo")
+    model.to(_dtype(dtype)).eval()
+    # from-hf and inherit put the tokenizer next to the weights (step folder) or in the folder given.
+    loaded = model_tokenizer(tokenizer, (ckpt.folder, path), cfg.vocab_size)
+    return EvalModel(model, loaded, "internevo")
 
 
 def load_eval_model(model: str | os.PathLike, config: ModelConfig | str | os.PathLike | None = None,
@@ -141,8 +124,8 @@ def load_eval_model(model: str | os.PathLike, config: ModelConfig | str | os.Pat
         model: HF model folder, or InternEvo step folder / save folder (latest step).
         config: InternEvo form only: ModelConfig or InternEvo config file (default: the
             checkpoint's model_config.json / model_config.pt).
-        tokenizer: SentencePiece model file or folder (default: the HF folder's tokenizer, or
-            tokenizer.model next to an InternEvo checkpoint).
+        tokenizer: SentencePiece model file, or folder with tokenizer.model or an HF tokenizer.json
+            (default: the HF folder's own, or the one next to an InternEvo checkpoint).
         dtype: float32, bfloat16 or float16.
     """
     path = Path(model)
@@ -187,14 +170,23 @@ def score_windows(forward: Callable[[torch.Tensor], torch.Tensor], windows: list
     return total, count
 
 
+def scored_document(tokenizer: Tokenizer, ids: list[int], add_bos: bool, add_eos: bool) -> list[int]:
+    """The ids one document is scored on (the module doc's rule): `frame(ids)`, with BOS (else EOS)
+    as context in front when the framing starts with none."""
+    document = tokenizer.frame(ids, bos=add_bos, eos=add_eos)
+    context = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+    if add_bos and not tokenizer.prefix and context is not None:
+        document = [context] + document
+    return document
+
+
 def tokenize_documents(model: EvalModel, texts: list[str], add_bos: bool, add_eos: bool,
                        batch_docs: int = 256) -> list[list[int]]:
-    """Each text as [<s>] + ids + [</s>] with the model's own tokenizer."""
-    bos = [model.bos] if add_bos and model.bos is not None else []
-    eos = [model.eos] if add_eos and model.eos is not None else []
+    """Each text as `scored_document` with the model's own tokenizer."""
     documents = []
     for start in range(0, len(texts), batch_docs):
-        documents.extend(bos + ids + eos for ids in model.encode(texts[start:start + batch_docs]))
+        documents.extend(scored_document(model.tokenizer, ids, add_bos, add_eos)
+                         for ids in model.tokenizer.encode_batch(texts[start:start + batch_docs]))
     return documents
 
 
@@ -210,10 +202,10 @@ def evaluate_perplexity(model: str | os.PathLike, data: str | os.PathLike,
         model: HF model folder or InternEvo checkpoint folder (see `load_eval_model`).
         data: jsonl file with a `text_key` field per line.
         config: InternEvo form: ModelConfig or InternEvo config file.
-        tokenizer: SentencePiece model file or folder (see `load_eval_model`).
+        tokenizer: SentencePiece model or HF tokenizer folder (see `load_eval_model`).
         seq_len: most tokens predicted per window.
         batch_size: windows per forward pass.
-        add_bos, add_eos: wrap each document in <s> ... </s> (as the training data is).
+        add_bos, add_eos: frame each document with the tokenizer's BOS (or context token) / EOS.
         max_documents: score only the first N documents.
         dtype: model dtype (float32, bfloat16, float16); the loss is computed in float32.
     """

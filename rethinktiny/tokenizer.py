@@ -92,16 +92,20 @@ class Tokenizer:
                 tail.pop()
         return head + list(ids) + tail
 
-    def check_fits(self, model_vocab: int, exact: bool = False, what: str = "the model's vocab_size") -> None:
-        """Refuse a tokenizer whose ids do not all index the model's embedding rows.
+    def check_fits(self, model_vocab: int, what: str = "the model's vocab_size") -> None:
+        """Refuse a tokenizer whose ids do not fit the model's embedding rows.
+
+        A SentencePiece model must have exactly `model_vocab` pieces (our models are trained with
+        exactly the tokenizer's pieces, so a mismatch means the wrong tokenizer); an HF tokenizer
+        needs at most `model_vocab` ids (HF models often pad the embedding, e.g. Qwen2).
 
         Args:
             model_vocab: embedding rows of the model.
-            exact: also refuse a model with more rows (our own checkpoints are trained with exactly
-                the tokenizer's pieces, so a mismatch means the wrong tokenizer).
+            what: how the message names `model_vocab`.
         """
+        exact = self.kind == SENTENCEPIECE
         if self.vocab_size > model_vocab or (exact and self.vocab_size != model_vocab):
-            unit = "pieces" if self.kind == SENTENCEPIECE else "tokens"
+            unit = "pieces" if exact else "tokens"
             raise UserError(f"{self.path}: tokenizer has {self.vocab_size} {unit} but {what} is {model_vocab}")
 
 

@@ -23,7 +23,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("tokenize", help="encode jsonl into InternEvo's <dst>/<type>/*.bin + .bin.meta")
     p.add_argument("--input", required=True, help="jsonl corpus")
-    p.add_argument("--tokenizer", required=True, help="SentencePiece model file or folder")
+    p.add_argument("--tokenizer", required=True,
+                   help="SentencePiece model file/folder, or HF tokenizer folder (tokenizer.json)")
     p.add_argument("--dst", required=True, help="output dataset folder")
     p.add_argument("--text-key", default="text")
     p.add_argument("--type-key", default="source",

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from rethinktiny.dtypes import dtype_argument, dtype_help
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
@@ -15,12 +13,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="HF model folder, or InternEvo checkpoint folder (step folder or its parent)")
     p.add_argument("--data", required=True, help="jsonl file with one document per line")
     p.add_argument("--config", help="InternEvo config file for a checkpoint without model_config")
-    p.add_argument("--tokenizer", help="SentencePiece model file or folder (default: the model folder's)")
+    p.add_argument("--tokenizer", help="SentencePiece model file/folder, or HF tokenizer folder "
+                                       "(default: the model folder's)")
     p.add_argument("--text-key", default="text")
     p.add_argument("--seq-len", type=int, default=2048, help="most tokens predicted per window")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     p.add_argument("--max-docs", type=int, default=None, help="score only the first N documents")
-    p.add_argument("--dtype", default="float32", type=dtype_argument(), help=f"model dtype: {dtype_help()}")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--no-bos", action="store_true", help="do not prepend <s> to each document")
     p.add_argument("--no-eos", action="store_true", help="do not append </s> to each document")
     p.add_argument("--out", help="also write the result as JSON to this file")

@@ -1,13 +1,22 @@
-"""The tokenizer side of an export: find the SentencePiece model, check it fits the model, and
-have `rethinktiny.vocab.hf_tokenizer.write_hf_tokenizer` write HF tokenizer files that give the
-same ids as SentencePiece (it carries the model's normalizer and dummy-prefix settings over)."""
+"""The tokenizer side of an export: load the tokenizer (`rethinktiny.tokenizer.load_tokenizer`),
+check it fits the model, and put HF tokenizer files into the export: a SentencePiece model goes
+through `rethinktiny.vocab.hf_tokenizer.write_hf_tokenizer` (same ids as SentencePiece; it carries
+the model's normalizer and dummy-prefix settings over); a Hugging Face tokenizer folder
+(tokenizer.json) has its files copied as they are (its own framing, added tokens, chat template)."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from rethinktiny.errors import UserError
+from rethinktiny.tokenizer import SENTENCEPIECE, Tokenizer, load_tokenizer
+
+# What a Hugging Face tokenizer folder holds that transformers reads (tokenizer.json carries the
+# added tokens; transformers 5 saves the chat template as its own file).
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                      "chat_template.jinja")
 
 
 @dataclass(frozen=True)
@@ -23,44 +32,46 @@ class SpecialIds:
 DEFAULT_SPECIAL_IDS = SpecialIds(bos=1, eos=2, pad=None)
 
 
-def resolve_sentencepiece(path: str | Path) -> Path:
-    """A SentencePiece model file, or the `tokenizer.model` inside a folder."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "tokenizer.model"
-    if not path.is_file():
-        raise UserError(f"{path}: tokenizer file not found (pass a SentencePiece model file or a "
-                        f"folder holding tokenizer.model)")
-    return path
-
-
-def check_tokenizer(path: Path, vocab_size: int) -> SpecialIds:
-    """Load the SentencePiece model and require exactly `vocab_size` pieces.
+def check_tokenizer(path: str | Path, vocab_size: int) -> tuple[Tokenizer, SpecialIds]:
+    """Load the tokenizer and require its ids to fit the model (`Tokenizer.check_fits`).
 
     Args:
-        path: SentencePiece model file.
+        path: SentencePiece model file, or folder with tokenizer.model or an HF tokenizer.json.
         vocab_size: the model's embedding rows.
     """
-    from rethinktiny.data.prepare import load_sentencepiece
-
-    processor = load_sentencepiece(path)
-    pieces = processor.get_piece_size()
-    if pieces != vocab_size:
-        raise UserError(f"{path}: tokenizer has {pieces} pieces but the model's vocab_size is {vocab_size}; "
-                        f"export the tokenizer the model was trained with")
-
-    def _id(value: int) -> int | None:
-        return value if value >= 0 else None
-
-    return SpecialIds(_id(processor.bos_id()), _id(processor.eos_id()), _id(processor.pad_id()))
+    tokenizer = load_tokenizer(path)
+    tokenizer.check_fits(vocab_size)
+    return tokenizer, SpecialIds(tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
 
 
-def write_tokenizer_files(sp_model: Path, dst: Path, add_bos_token: bool = False) -> None:
+def hf_tokenizer_folder(path: str | Path) -> Path | None:
+    """The folder whose HF tokenizer files an export copies: `path` (or the folder of a
+    tokenizer.json given as a file) when it holds a tokenizer.json, else None."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent if path.name.endswith(".json") else None
+    return folder if folder is not None and (folder / "tokenizer.json").is_file() else None
+
+
+def write_tokenizer_files(tokenizer: Tokenizer, source: str | Path, dst: Path,
+                          add_bos_token: bool = False) -> None:
     """HF tokenizer files in `dst` with SentencePiece's exact ids (issue 3's writer); with
     `add_bos_token` HF prepends <s> (as the training data does), the rest stays identical."""
+    # An HF tokenizer folder keeps its own files and framing: add_bos_token is for SentencePiece.
+    folder = hf_tokenizer_folder(source)
+    if folder is not None or tokenizer.kind != SENTENCEPIECE:
+        _copy_hf_files(folder or tokenizer.path.parent, dst)
+        return
     try:
         from rethinktiny.vocab.hf_tokenizer import write_hf_tokenizer
     except ImportError as err:
         raise UserError(f"--tokenizer: cannot write HF tokenizer files, rethinktiny.vocab.hf_tokenizer "
                         f"is not available ({err})") from None
-    write_hf_tokenizer(sp_model, dst, add_bos_token=add_bos_token)
+    write_hf_tokenizer(tokenizer.path, dst, add_bos_token=add_bos_token)
+
+
+def _copy_hf_files(folder: Path, dst: Path) -> list[str]:
+    """Copy the HF tokenizer files `folder` has (`HF_TOKENIZER_FILES`); returns their names."""
+    copied = [name for name in HF_TOKENIZER_FILES if (folder / name).is_file()]
+    for name in copied:
+        shutil.copyfile(folder / name, dst / name)
+    return copied

@@ -97,23 +97,6 @@ def train_tokenizer(corpus: str | os.PathLike, dst: str | os.PathLike, vocab_siz
     return Path(dst) / "tokenizer.model"
 
 
-def load_sentencepiece(path: str | os.PathLike):
-    """Load a SentencePiece model file (or a folder holding `tokenizer.model`) with a clear error."""
-    import sentencepiece as spm
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "tokenizer.model"
-    if not path.is_file():
-        raise UserError(f"{path}: tokenizer file not found")
-    processor = spm.SentencePieceProcessor()
-    try:
-        processor.LoadFromSerializedProto(path.read_bytes())
-    except (RuntimeError, OSError) as err:
-        raise UserError(f"{path}: not a SentencePiece model ({err})") from None
-    return processor
-
-
 def tokenize_corpus(corpus: str | os.PathLike, tokenizer: str | os.PathLike, dst: str | os.PathLike,
                     text_key: str = "text", type_key: str | None = "source", add_bos: bool = True,
                     add_eos: bool = True, shard_tokens: int = 50_000_000, batch_docs: int = 512,
@@ -122,25 +105,31 @@ def tokenize_corpus(corpus: str | os.PathLike, tokenizer: str | os.PathLike, dst
 
     Args:
         corpus: jsonl file.
-        tokenizer: SentencePiece model file or folder.
+        tokenizer: SentencePiece model file, or folder with tokenizer.model or an HF tokenizer.json
+            (`rethinktiny.tokenizer.load_tokenizer`).
         dst: output folder (written atomically).
         type_key: record field naming the data type sub-folder (None: one type "default").
-        add_bos, add_eos: wrap each document in <s> ... </s>, as InternEvo's tokenizer tool does.
+        add_bos, add_eos: frame each document with the tokenizer's own BOS / end it with its EOS
+            (`Tokenizer.frame`: SentencePiece `<s> ... </s>` as InternEvo's tokenizer tool writes;
+            SmolLM2-style BPE `... <|endoftext|>`).
         shard_tokens: start a new shard after this many tokens.
     Returns:
         a summary dict (documents and tokens per type), also written as `summary.json`.
     """
-    processor = load_sentencepiece(tokenizer)
+    from rethinktiny.tokenizer import load_tokenizer
+
+    loaded = load_tokenizer(tokenizer)
     records = list(iter_jsonl_texts(corpus, text_key, type_key))
     if not records:
         raise UserError(f"{corpus}: no documents")
     by_type: dict[str, list[str]] = defaultdict(list)
     for doc_type, text in records:
         by_type[doc_type].append(text)
-    summary = {"types": {}, "documents": 0, "tokens": 0, "vocab_size": processor.vocab_size()}
+    summary = {"types": {}, "documents": 0, "tokens": 0, "vocab_size": loaded.vocab_size,
+               "tokenizer": {"kind": loaded.kind, "bos_id": loaded.bos_id, "eos_id": loaded.eos_id}}
     with output_dir(dst, force) as tmp, tqdm(total=len(records), desc="tokenize", unit="doc") as bar:
         for doc_type in sorted(by_type):
-            docs, tokens = _write_type(processor, by_type[doc_type], tmp / doc_type, add_bos, add_eos,
+            docs, tokens = _write_type(loaded, by_type[doc_type], tmp / doc_type, add_bos, add_eos,
                                        shard_tokens, batch_docs, bar)
             summary["types"][doc_type] = {"documents": docs, "tokens": tokens}
             summary["documents"] += docs
@@ -149,22 +138,21 @@ def tokenize_corpus(corpus: str | os.PathLike, tokenizer: str | os.PathLike, dst
         write_manifest(tmp, "data tokenize",
                        dict(corpus=str(corpus), tokenizer=str(tokenizer), text_key=text_key, type_key=type_key,
                             add_bos=add_bos, add_eos=add_eos, shard_tokens=shard_tokens),
-                       inputs={"corpus": corpus, "tokenizer": tokenizer})
+                       inputs={"corpus": corpus, "tokenizer": loaded.path})
     return summary
 
 
-def _write_type(processor, texts: list[str], folder: Path, add_bos: bool, add_eos: bool,
+def _write_type(tokenizer, texts: list[str], folder: Path, add_bos: bool, add_eos: bool,
                 shard_tokens: int, batch_docs: int, bar) -> tuple[int, int]:
-    bos = [processor.bos_id()] if add_bos and processor.bos_id() >= 0 else []
-    eos = [processor.eos_id()] if add_eos and processor.eos_id() >= 0 else []
     shard, writer = 0, None
     docs = tokens = 0
     for start in range(0, len(texts), batch_docs):
-        for ids in processor.encode(texts[start:start + batch_docs]):
+        for ids in tokenizer.encode_batch(texts[start:start + batch_docs]):
             if writer is None:
                 writer = BinWriter(folder / f"{shard:05d}.bin")
-            writer.write(bos + ids + eos)
-            docs, tokens = docs + 1, tokens + len(ids) + len(bos) + len(eos)
+            document = tokenizer.frame(ids, bos=add_bos, eos=add_eos)
+            writer.write(document)
+            docs, tokens = docs + 1, tokens + len(document)
             if writer.num_tokens >= shard_tokens:
                 writer.close()
                 writer, shard = None, shard + 1

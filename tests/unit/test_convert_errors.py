@@ -130,9 +130,9 @@ def test_pangu_pi_extras_have_no_llama_equivalent(tmp_path):
 
 
 def test_tokenizer_vocab_size_must_match(tmp_path, tiny_tokenizer):
-    from rethinktiny.data.prepare import load_sentencepiece
+    from rethinktiny.tokenizer import load_tokenizer
 
-    pieces = load_sentencepiece(tiny_tokenizer).get_piece_size()
+    pieces = load_tokenizer(tiny_tokenizer).vocab_size
     save_model_only(tmp_path / "ckpt", PanGuPi(CFG).state_dict(), CFG)
     with pytest.raises(UserError, match=rf"tokenizer.model: tokenizer has {pieces} pieces but the model's "
                                         rf"vocab_size is 80"):

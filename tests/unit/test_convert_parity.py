@@ -39,9 +39,9 @@ class SentencePieceFixture:
 @pytest.fixture(scope="module")
 def tiny_sp(tiny_tokenizer) -> SentencePieceFixture:
     """The fixture tokenizer (conftest) and its piece count."""
-    from rethinktiny.data.prepare import load_sentencepiece
+    from rethinktiny.tokenizer import load_tokenizer
 
-    return SentencePieceFixture(tiny_tokenizer, load_sentencepiece(tiny_tokenizer).get_piece_size())
+    return SentencePieceFixture(tiny_tokenizer, load_tokenizer(tiny_tokenizer).vocab_size)
 
 
 def random_hf_llama(kv_heads: int, bias: bool, tied: bool, seed: int = 0) -> LlamaForCausalLM:

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer  # noqa: E402
 from rethinktiny.checkpoint import save_model_only  # noqa: E402
 from rethinktiny.config import ModelConfig  # noqa: E402
 from rethinktiny.convert.export import to_hf  # noqa: E402
-from rethinktiny.data.prepare import load_sentencepiece  # noqa: E402
+from rethinktiny.tokenizer import load_tokenizer  # noqa: E402
 from rethinktiny.model import PanGuPi  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ def exported(tmp_path_factory, tiny_tokenizer):
     root = tmp_path_factory.mktemp("tokexport")
     sp_path = tiny_tokenizer
     cfg = ModelConfig(hidden_size=32, num_layers=1, num_attention_heads=2, num_kv_heads=2, intermediate_size=64,
-                      vocab_size=load_sentencepiece(sp_path).get_piece_size())
+                      vocab_size=load_tokenizer(sp_path).backend.get_piece_size())
     save_model_only(root / "ckpt", PanGuPi(cfg).state_dict(), cfg)
     to_hf(root / "ckpt", root / "hf", tokenizer=sp_path, progress=False)
     to_hf(root / "ckpt", root / "hf_bos", tokenizer=sp_path.parent, add_bos_token=True, progress=False)
@@ -57,7 +57,7 @@ def exported(tmp_path_factory, tiny_tokenizer):
 
 def test_export_tokenizer_ids_equal_sentencepiece(exported):
     sp_path, root = exported
-    sp = load_sentencepiece(sp_path)
+    sp = load_tokenizer(sp_path).backend
     hf = AutoTokenizer.from_pretrained(str(root / "hf"), local_files_only=True)
     texts = TEXTS + held_out_texts()
     mismatched = [t for t in texts if hf(t)["input_ids"] != sp.encode(t)]
@@ -67,7 +67,7 @@ def test_export_tokenizer_ids_equal_sentencepiece(exported):
 
 def test_export_config_carries_special_ids(exported):
     sp_path, root = exported
-    sp = load_sentencepiece(sp_path)
+    sp = load_tokenizer(sp_path).backend
     config = json.loads((root / "hf" / "config.json").read_text())
     generation = json.loads((root / "hf" / "generation_config.json").read_text())
     assert (config["bos_token_id"], config["eos_token_id"]) == (sp.bos_id(), sp.eos_id())
@@ -76,7 +76,7 @@ def test_export_config_carries_special_ids(exported):
 
 def test_add_bos_token_prepends_bos_only(exported):
     sp_path, root = exported
-    sp = load_sentencepiece(sp_path)
+    sp = load_tokenizer(sp_path).backend
     hf = AutoTokenizer.from_pretrained(str(root / "hf_bos"), local_files_only=True)
     for text in TEXTS[:6]:
         assert hf(text)["input_ids"] == [sp.bos_id()] + sp.encode(text)
@@ -91,7 +91,7 @@ def pruned_export(tmp_path_factory, tiny_tokenizer):
     from rethinktiny.vocab.prune import prune_vocab
     from rethinktiny.vocab.spmodel import load_model_proto
 
-    sp = load_sentencepiece(tiny_tokenizer)
+    sp = load_tokenizer(tiny_tokenizer).backend
     lines = (REPO / "data/sample/train.jsonl").read_text(encoding="utf-8").splitlines()
     ids = np.concatenate([np.asarray(doc, dtype=np.int64)
                           for doc in sp.encode([json.loads(line)["text"] for line in lines])])
@@ -110,7 +110,7 @@ def pruned_export(tmp_path_factory, tiny_tokenizer):
 
 def test_pruned_tokenizer_ids_equal_sentencepiece(pruned_export):
     sp_path, hf_folder, dropped = pruned_export
-    sp = load_sentencepiece(sp_path)
+    sp = load_tokenizer(sp_path).backend
     hf = AutoTokenizer.from_pretrained(str(hf_folder), local_files_only=True)
     texts = TEXTS + held_out_texts()
     assert dropped == 800 and len(hf) == sp.get_piece_size()

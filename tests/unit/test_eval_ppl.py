@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 from rethinktiny.checkpoint import save_model_only  # noqa: E402
 from rethinktiny.config import ModelConfig  # noqa: E402
 from rethinktiny.convert.export import to_hf  # noqa: E402
-from rethinktiny.data.prepare import load_sentencepiece  # noqa: E402
+from rethinktiny.tokenizer import load_tokenizer  # noqa: E402
 from rethinktiny.errors import UserError  # noqa: E402
 from rethinktiny.evaluate import document_windows, evaluate_perplexity  # noqa: E402
 from rethinktiny.model import PanGuPi  # noqa: E402
@@ -42,7 +42,7 @@ def setup(tmp_path_factory, tiny_tokenizer):
     root = tmp_path_factory.mktemp("eval")
     sp_path = tiny_tokenizer
     cfg = ModelConfig(hidden_size=48, num_layers=2, num_attention_heads=4, num_kv_heads=2, intermediate_size=96,
-                      vocab_size=load_sentencepiece(sp_path).get_piece_size(), attention_bias=True)
+                      vocab_size=load_tokenizer(sp_path).vocab_size, attention_bias=True)
     torch.manual_seed(0)
     model = PanGuPi(cfg).eval()
     save_model_only(root / "ckpt" / "100", model.state_dict(), cfg)
@@ -62,12 +62,12 @@ def test_hf_export_and_checkpoint_give_the_same_loss(setup, held_out):
 
 
 def test_loss_equals_direct_computation_for_any_batching(setup, held_out):
-    sp = load_sentencepiece(setup["sp"])
+    sp = load_tokenizer(setup["sp"])
     texts = [json.loads(line)["text"] for line in held_out.read_text(encoding="utf-8").splitlines()[:5]]
     total, count = 0.0, 0
     with torch.no_grad():
         for text in texts:
-            ids = torch.tensor([[sp.bos_id()] + sp.encode(text) + [sp.eos_id()]])
+            ids = torch.tensor([[sp.bos_id] + sp.encode(text) + [sp.eos_id]])
             logits = setup["model"](ids[:, :-1])
             total += F.cross_entropy(logits[0], ids[0, 1:], reduction="sum").item()
             count += ids.shape[1] - 1
@@ -119,7 +119,7 @@ def test_cli_prints_and_writes_json(setup, held_out, tmp_path, capsys):
 def test_bad_input(setup, held_out, tmp_path):
     with pytest.raises(UserError, match="nowhere: model folder not found"):
         evaluate_perplexity(tmp_path / "nowhere", held_out, progress=False)
-    with pytest.raises(UserError, match="no tokenizer.model next to the checkpoint; pass --tokenizer"):
+    with pytest.raises(UserError, match="ckpt: no tokenizer.model or tokenizer.json next to the model; pass --tokenizer"):
         evaluate_perplexity(setup["root"] / "ckpt", held_out, max_documents=1, progress=False)
     wrong = setup["cfg"].replace(vocab_size=setup["cfg"].vocab_size + 8)
     save_model_only(tmp_path / "wrong", PanGuPi(wrong).state_dict(), wrong)
