@@ -17,6 +17,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    dest="process_num", help="parallel workers (threads) (default: all CPUs)")
     p.add_argument("--strict", action="store_true", help="a malformed line is an error")
     p.add_argument("--force", action="store_true", help="recount files even when their result is current")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer the data was made with (SentencePiece model, HF tokenizer.json or folder): ids "
+                        "outside it are an error, its size is recorded for `vocab prune` to check")
     p.set_defaults(func=count_command)
 
     p = sub.add_parser("merge", help="sum count results into total_token_freq.json ({\"<id>\": count})")
@@ -26,7 +29,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=merge_command)
 
     p = sub.add_parser("prune", help="keep the most frequent pieces with their merge paths, no dead pieces")
-    p.add_argument("--tokenizer", required=True, help="SentencePiece BPE model, or folder with tokenizer.model")
+    p.add_argument("--tokenizer", required=True,
+                   help="SentencePiece BPE model or folder with tokenizer.model; or a byte-level BPE tokenizer.json "
+                        "or Hugging Face folder holding one")
     p.add_argument("--counts", required=True, help="token frequency JSON from `vocab merge`")
     p.add_argument("--vocab-num", "--vocab_num", type=int, required=True, dest="vocab_num",
                    help="pieces in the result, special and byte pieces included")
@@ -49,7 +54,7 @@ def count_command(args: argparse.Namespace) -> None:
     from rethinktiny.vocab.count import count_folder
 
     summary = count_folder(args.src, args.dst, process_num=args.process_num, strict=args.strict,
-                           force=args.force)
+                           force=args.force, tokenizer=getattr(args, "tokenizer", None))  # the seed script has no --tokenizer
     print(f"counted {summary.tokens} tokens in {summary.documents} documents from {summary.files} file(s) "
           f"({summary.skipped} unchanged since an earlier run) -> {args.dst}")
     if summary.malformed_lines:
@@ -65,14 +70,24 @@ def merge_command(args: argparse.Namespace) -> None:
 
 
 def prune_command(args: argparse.Namespace) -> None:
-    from rethinktiny.vocab.prune import prune_tokenizer
+    from rethinktiny.tokenizer import SENTENCEPIECE, resolve_tokenizer_path
 
-    report = prune_tokenizer(args.tokenizer, args.counts, args.vocab_num, args.dst,
-                             preset=args.preset or None, force=args.force)
+    # A folder with both files is SentencePiece: its tokenizer.json was converted from the model.
+    if resolve_tokenizer_path(args.tokenizer)[0] == SENTENCEPIECE:
+        from rethinktiny.vocab.prune import prune_tokenizer
+
+        report = prune_tokenizer(args.tokenizer, args.counts, args.vocab_num, args.dst,
+                                 preset=args.preset or None, force=args.force)
+        unit, dead = "pieces", f"{report['dead_pieces']} dead"
+    else:
+        from rethinktiny.vocab.bpe_prune import prune_tokenizer_json
+
+        report = prune_tokenizer_json(args.tokenizer, args.counts, args.vocab_num, args.dst,
+                                      preset=args.preset or None, force=args.force)
+        unit, dead = "ids", f"{report['unreachable_tokens']} unreachable"
     coverage = report["coverage"]["token_coverage"]
-    print(f"wrote {args.dst}: {report['new_vocab_size']} of {report['old_vocab_size']} pieces, "
-          f"{report['dead_pieces']} dead, corpus token coverage "
-          f"{'n/a' if coverage is None else f'{coverage:.4%}'}")
+    print(f"wrote {args.dst}: {report['new_vocab_size']} of {report['old_vocab_size']} {unit}, {dead}, "
+          f"corpus token coverage {'n/a' if coverage is None else f'{coverage:.4%}'}")
 
 
 def inspect_command(args: argparse.Namespace) -> None:

@@ -149,14 +149,25 @@ def _summary_of(body: dict) -> dict:
     listed = body.get("malformed") or []
     return {"source": body["source"], "documents": body["documents"], "tokens": body["tokens"],
             "malformed_lines": body["malformed_lines"],
-            "malformed": [(m["line"], m["reason"]) for m in listed[:1]]}
+            "malformed": [(m["line"], m["reason"]) for m in listed[:1]],
+            "max_id": max(body.get("ids") or [-1])}
 
 
-def _count_job(job: tuple[str, str, str, bool], workspace: Workspace) -> dict:
-    """Count one file, write its result (unless strict and malformed); return a summary."""
-    bin_path, src, result_path, strict = job
+def check_ids_fit(source: str, max_id: int, vocab_size: int | None, tokenizer: str | None) -> None:
+    """An id the tokenizer does not have means the data was tokenized with another tokenizer."""
+    if vocab_size is not None and max_id >= vocab_size:
+        raise UserError(f"{source}: token id {max_id} is outside the tokenizer {tokenizer} ({vocab_size} ids); "
+                        f"was the data tokenized with another tokenizer?")
+
+
+def _count_job(job: tuple[str, str, str, bool, int | None, str | None], workspace: Workspace) -> dict:
+    """Count one file, write its result (unless strict and malformed, or ids beyond the
+    tokenizer); return a summary."""
+    bin_path, src, result_path, strict, vocab_size, tokenizer = job
     stat = os.stat(bin_path)
     counted = count_file(bin_path, src, workspace)
+    if vocab_size is not None and counted.counts.size > vocab_size:  # cheap: counts end at the largest id
+        check_ids_fit(bin_path, int(np.flatnonzero(counted.counts)[-1]), vocab_size, tokenizer)
     summary = {"source": counted.source, "documents": counted.documents, "tokens": counted.tokens,
                "malformed": counted.malformed[:1], "malformed_lines": len(counted.malformed)}
     if not (strict and counted.malformed):
@@ -190,7 +201,8 @@ class CountSummary:
     results: list[str] = field(default_factory=list)
 
 
-def _plan(src: Path, dst: Path, strict: bool, force: bool, summary: CountSummary) -> tuple[list, list]:
+def _plan(src: Path, dst: Path, strict: bool, force: bool, summary: CountSummary,
+          vocab: tuple[int | None, str | None] = (None, None)) -> tuple[list, list]:
     """(jobs to run, summaries of results reused from an earlier run)."""
     jobs, reused = [], []
     for bin_path in require_bin_files(src):
@@ -199,8 +211,9 @@ def _plan(src: Path, dst: Path, strict: bool, force: bool, summary: CountSummary
         earlier = None if force else _current_result(dst / name, bin_path)
         if earlier is not None and not (strict and earlier["malformed_lines"]):
             reused.append(_summary_of(earlier))
+            check_ids_fit(str(bin_path), reused[-1]["max_id"], *vocab)
         else:
-            jobs.append((str(bin_path), str(src), str(dst / name), strict))
+            jobs.append((str(bin_path), str(src), str(dst / name), strict, *vocab))
     summary.files, summary.skipped = len(summary.results), len(reused)
     return jobs, reused
 
@@ -234,7 +247,8 @@ def _run_jobs(jobs: list[tuple], workers: int) -> list[dict]:
 
 
 def count_folder(src: str | os.PathLike, dst: str | os.PathLike, process_num: int | None = None,
-                 strict: bool = False, force: bool = False) -> CountSummary:
+                 strict: bool = False, force: bool = False,
+                 tokenizer: str | os.PathLike | None = None) -> CountSummary:
     """Count token ids of every `.bin` below `src`; one result per file in `dst`, plus a manifest.
 
     Args:
@@ -244,12 +258,16 @@ def count_folder(src: str | os.PathLike, dst: str | os.PathLike, process_num: in
             default: all CPUs).
         strict: a malformed line is an error (naming file and line) instead of being reported.
         force: recount every file even when an earlier result is current.
+        tokenizer: the tokenizer the data was made with (SentencePiece model, or a Hugging Face
+            tokenizer.json / folder): an id it does not have is an error naming the file, and its
+            vocabulary size is recorded in the manifest, where `vocab prune` checks it.
     """
     src, dst = Path(src), Path(dst)
     if dst.exists() and not dst.is_dir():
         raise UserError(f"{dst}: --dst exists and is not a folder")
+    vocab = _tokenizer_vocab(tokenizer)
     summary = CountSummary()
-    jobs, reused = _plan(src, dst, strict, force, summary)
+    jobs, reused = _plan(src, dst, strict, force, summary, vocab)
     dst.mkdir(parents=True, exist_ok=True)
     done = reused + _run_jobs(jobs, process_num or os.cpu_count() or 1)
     for file_summary in sorted(done, key=lambda d: d["source"]):  # first error: same on every run
@@ -257,10 +275,23 @@ def count_folder(src: str | os.PathLike, dst: str | os.PathLike, process_num: in
     if strict and summary.malformed_lines:
         raise UserError(f"{summary.first_malformed}: malformed line; {summary.malformed_lines} malformed "
                         f"line(s) in total (--strict)")
-    manifest = build_manifest("vocab count", dict(src=str(src), process_num=process_num, strict=strict, force=force),
-                              extra={"results": summary.results, "totals": _totals(summary)})
+    extra = {"results": summary.results, "totals": _totals(summary)}
+    if tokenizer is not None:
+        extra["tokenizer"] = {"path": vocab[1], "vocab_size": vocab[0]}
+    manifest = build_manifest("vocab count", dict(src=str(src), process_num=process_num, strict=strict, force=force,
+                                                  tokenizer=vocab[1]), extra=extra)
     _write_result(dst / "manifest.json", dumps_json(manifest))  # like the results: no fsync (see there)
     return summary
+
+
+def _tokenizer_vocab(tokenizer: str | os.PathLike | None) -> tuple[int | None, str | None]:
+    """(vocabulary size, tokenizer file) of `--tokenizer`, or (None, None) without one."""
+    if tokenizer is None:
+        return None, None
+    from rethinktiny.tokenizer import load_tokenizer
+
+    loaded = load_tokenizer(tokenizer)
+    return loaded.vocab_size, str(loaded.path)
 
 
 def _add_to_summary(summary: CountSummary, done: dict) -> None:
