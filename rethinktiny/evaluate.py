@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rethinktiny.config import ModelConfig
+from rethinktiny.dtypes import parse_dtype
 from rethinktiny.errors import UserError
 from rethinktiny.tokenizer import Tokenizer, find_tokenizer, load_tokenizer
 
 IGNORE = -100
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -52,12 +52,6 @@ class PerplexityResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise UserError(f"--dtype: unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
-    return DTYPES[name]
 
 
 def model_tokenizer(path: str | os.PathLike | None, folders: tuple[Path, ...], vocab_size: int) -> Tokenizer:
@@ -86,7 +80,7 @@ def load_hf_model(folder: Path, tokenizer: str | os.PathLike | None, dtype: str)
     dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     try:
         model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True,
-                                                     **{dtype_key: _dtype(dtype)})
+                                                     **{dtype_key: parse_dtype(dtype)})
     except (OSError, ValueError, KeyError) as err:
         raise UserError(f"{folder}: cannot load as a Hugging Face causal LM ({err})") from None
     model.eval()
@@ -110,7 +104,7 @@ def load_internevo_model(path: Path, config: ModelConfig | str | os.PathLike | N
     model = PanGuPi(cfg)
     check_state_dict(state, {k: v.shape for k, v in model.state_dict().items()}, str(ckpt.folder))
     model.load_state_dict(state, strict=True)
-    model.to(_dtype(dtype)).eval()
+    model.to(parse_dtype(dtype)).eval()
     # from-hf and inherit put the tokenizer next to the weights (step folder) or in the folder given.
     loaded = model_tokenizer(tokenizer, (ckpt.folder, path), cfg.vocab_size)
     return EvalModel(model, loaded, "internevo")

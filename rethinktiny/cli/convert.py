@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from rethinktiny.dtypes import dtype_argument, dtype_help
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
@@ -14,8 +16,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--dst", required=True, help="output HF folder")
     p.add_argument("--tokenizer", help="SentencePiece model file/folder, or HF tokenizer.json folder (copied)")
     p.add_argument("--config", help="InternEvo config file (default: the checkpoint's model_config)")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                   help="weight dtype of the export (auto: the checkpoint's)")
+    p.add_argument("--dtype", default="auto", type=dtype_argument(keep=True),
+                   help=f"weight dtype of the export: {dtype_help(keep=True)} (auto: the checkpoint's)")
     p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (e.g. 5GB, 500MB)")
     p.add_argument("--max-position-embeddings", type=int, default=2048,
                    help="context length written to config.json")
@@ -27,8 +29,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("from-hf", help="Hugging Face LLaMA folder -> InternEvo model-only checkpoint")
     p.add_argument("--src", required=True, help="HF model folder (config.json + safetensors or .bin)")
     p.add_argument("--dst", required=True, help="output folder (model_tp0_pp0.pt + model_config.json)")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                   help="weight dtype of the checkpoint (auto: the HF files')")
+    p.add_argument("--dtype", default="auto", type=dtype_argument(keep=True),
+                   help=f"weight dtype of the checkpoint: {dtype_help(keep=True)} (auto: the HF files')")
     p.add_argument("--force", action="store_true", help="replace an existing --dst")
     p.set_defaults(func=_from_hf)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from rethinktiny.dtypes import dtype_argument, dtype_help
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
@@ -19,7 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, default=2048, help="most tokens predicted per window")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     p.add_argument("--max-docs", type=int, default=None, help="score only the first N documents")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--dtype", default="float32", type=dtype_argument(), help=f"model dtype: {dtype_help()}")
     p.add_argument("--no-bos", action="store_true", help="do not prepend <s> to each document")
     p.add_argument("--no-eos", action="store_true", help="do not append </s> to each document")
     p.add_argument("--out", help="also write the result as JSON to this file")

@@ -20,23 +20,12 @@ from rethinktiny.convert.hf_config import generation_config_dict, llama_config_d
 from rethinktiny.convert.keys import interleaved_to_half, ours_to_hf, rotary_heads
 from rethinktiny.convert.safetensors_io import TensorSpec, parse_size, write_sharded
 from rethinktiny.convert.tokenizer_files import DEFAULT_SPECIAL_IDS, check_tokenizer, write_tokenizer_files
+from rethinktiny.dtypes import parse_dtype
 from rethinktiny.errors import UserError
 from rethinktiny.model import parameter_shapes
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 # Keys InternEvo may keep next to the weights that carry no parameters.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-
-
-def parse_dtype(name: str) -> torch.dtype | None:
-    """torch dtype for `--dtype` (None for "auto": keep the checkpoint's)."""
-    if name == "auto":
-        return None
-    if name not in DTYPES:
-        raise UserError(f"--dtype: unknown dtype {name!r}; choose one of {', '.join(DTYPE_CHOICES)}")
-    return DTYPES[name]
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -144,7 +133,7 @@ def to_hf(src: str | os.PathLike, dst: str | os.PathLike, tokenizer: str | os.Pa
     ignored = check_source_keys(ckpt, expected)
     loaded, special = (check_tokenizer(tokenizer, cfg.vocab_size) if tokenizer is not None
                        else (None, DEFAULT_SPECIAL_IDS))
-    target_dtype = parse_dtype(dtype) or _source_dtype(ckpt)
+    target_dtype = parse_dtype(dtype, keep=True) or _source_dtype(ckpt)
     max_bytes = parse_size(max_shard_size)
     specs = export_specs(expected, cfg, target_dtype)
     args = dict(src=str(src), tokenizer=tokenizer and str(tokenizer), config=config and str(config), dtype=dtype,
@@ -159,7 +148,8 @@ def to_hf(src: str | os.PathLike, dst: str | os.PathLike, tokenizer: str | os.Pa
         write_json(tmp / "generation_config.json", generation_config_dict(special.bos, special.eos, special.pad))
         if loaded is not None:
             write_tokenizer_files(loaded, tokenizer, tmp, add_bos_token)
-        write_manifest(tmp, "convert to-hf", args, inputs={"checkpoint": ckpt.folder, "tokenizer": loaded and loaded.path},
+        write_manifest(tmp, "convert to-hf", args, inputs={"checkpoint": ckpt.folder,
+                                                               "tokenizer": loaded and loaded.path},
                        extra={"model_config": cfg.to_dict(), "source_step_folder": str(ckpt.folder),
                               "source_tp_pp": [ckpt.tp_size, ckpt.pp_size], "ignored_keys": ignored})
     return Path(dst)
