@@ -16,7 +16,8 @@ SAMPLE_DATA := $(SAMPLE)/tokenized/.done
 install: $(STAMP) $(SAMPLE_DATA)
 
 # The bundled sample's tokenizer and InternEvo-format data (configs/tiny_cpu.py trains on them).
-$(SAMPLE_DATA): $(STAMP) $(SAMPLE)/train.jsonl $(SAMPLE)/valid.jsonl
+# They depend on the code that makes them, so a checkout whose tokenizer rules changed rebuilds them.
+$(SAMPLE_DATA): $(STAMP) $(SAMPLE)/train.jsonl $(SAMPLE)/valid.jsonl rethinktiny/data/prepare.py
 	$(BIN)/rethinktiny data train-tokenizer --input $(SAMPLE)/train.jsonl --vocab-size 4096 --dst $(SAMPLE)/tokenizer --force
 	$(BIN)/rethinktiny data tokenize --input $(SAMPLE)/train.jsonl --tokenizer $(SAMPLE)/tokenizer --dst $(SAMPLE)/tokenized/train --force
 	$(BIN)/rethinktiny data tokenize --input $(SAMPLE)/valid.jsonl --tokenizer $(SAMPLE)/tokenizer --dst $(SAMPLE)/tokenized/valid --force

@@ -10,6 +10,13 @@ stream, and lm-evaluation-harness's prefix token), so every text token is predic
 cut into windows of at most `seq_len` predicted tokens; window k starts where window k-1 ended (one
 token of overlap, no extra context), so every token after the first is predicted exactly once. Loss is the
 mean next-token negative log-likelihood over all predicted tokens; perplexity is exp(loss).
+
+Per byte and per character (comparable across tokenizers, and with lm-evaluation-harness): the
+summed NLL of every predicted token, in bits, over the UTF-8 bytes of the evaluated texts
+(`bits_per_byte`), and in nats over their Unicode characters (`nats_per_character`). BOS/EOS count
+as no bytes: BOS is never predicted (it is context), EOS is predicted and its NLL counts (the model
+must end the document), so with `--no-eos` the figures are exactly lm-eval's rolling-loglikelihood
+`bits_per_byte` for the same texts (which scores the text's tokens after its prefix token only).
 """
 
 from __future__ import annotations
@@ -49,6 +56,11 @@ class PerplexityResult:
     documents: int
     windows: int
     form: str
+    nll: float = 0.0  # summed over all predicted tokens, nats
+    bytes: int = 0  # UTF-8 bytes of the evaluated texts (BOS/EOS count none)
+    characters: int = 0  # Unicode code points of the evaluated texts
+    bits_per_byte: float = 0.0
+    nats_per_character: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -217,5 +229,10 @@ def evaluate_perplexity(model: str | os.PathLike, data: str | os.PathLike,
         raise UserError(f"{data}: no document has two or more tokens to score")
     total, count = score_windows(loaded.forward, windows, batch_size, progress)
     loss = total / count
+    num_bytes = sum(len(text.encode("utf-8")) for text in texts)
+    characters = sum(len(text) for text in texts)
     return PerplexityResult(loss=loss, perplexity=math.exp(min(loss, 700.0)), tokens=count,
-                            documents=len(documents), windows=len(windows), form=loaded.form)
+                            documents=len(documents), windows=len(windows), form=loaded.form, nll=total,
+                            bytes=num_bytes, characters=characters,
+                            bits_per_byte=total / math.log(2) / max(num_bytes, 1),
+                            nats_per_character=total / max(characters, 1))

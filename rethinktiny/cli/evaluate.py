@@ -37,6 +37,8 @@ def _ppl(args: argparse.Namespace) -> None:
                                  add_bos=not args.no_bos, add_eos=not args.no_eos,
                                  max_documents=args.max_docs, dtype=args.dtype)
     print(f"{args.model}: loss {result.loss:.4f}  perplexity {result.perplexity:.3f}  "
-          f"({result.tokens} tokens, {result.documents} documents, {result.form})")
+          f"bits/byte {result.bits_per_byte:.4f}  nats/char {result.nats_per_character:.4f}  "
+          f"({result.tokens} tokens, {result.bytes} bytes, {result.characters} characters, "
+          f"{result.documents} documents, {result.form})")
     if args.out:
         write_json(args.out, {**result.to_dict(), "model": args.model, "data": args.data})

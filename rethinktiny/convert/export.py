@@ -16,6 +16,7 @@ from tqdm import tqdm
 from rethinktiny.artifacts import check_writable, output_dir, write_json, write_manifest
 from rethinktiny.checkpoint import InternEvoCheckpoint
 from rethinktiny.config import ModelConfig
+from rethinktiny.convert.context_length import resolve_context_length
 from rethinktiny.convert.hf_config import generation_config_dict, llama_config_dict, require_llama_equivalent
 from rethinktiny.convert.keys import interleaved_to_half, ours_to_hf, rotary_heads
 from rethinktiny.convert.safetensors_io import TensorSpec, parse_size, write_sharded
@@ -106,8 +107,8 @@ def _source_dtype(ckpt: InternEvoCheckpoint) -> torch.dtype:
 
 def to_hf(src: str | os.PathLike, dst: str | os.PathLike, tokenizer: str | os.PathLike | None = None,
           dtype: str = "auto", max_shard_size: str | int = "5GB",
-          config: ModelConfig | str | os.PathLike | None = None, max_position_embeddings: int = 2048,
-          add_bos_token: bool = False, force: bool = False, progress: bool = True) -> Path:
+          config: ModelConfig | str | os.PathLike | None = None, max_position_embeddings: int | None = None,
+          add_bos_token: bool = True, force: bool = False, progress: bool = True) -> Path:
     """Export an InternEvo checkpoint as a Hugging Face `LlamaForCausalLM` folder.
 
     Args:
@@ -119,8 +120,10 @@ def to_hf(src: str | os.PathLike, dst: str | os.PathLike, tokenizer: str | os.Pa
         dtype: "auto" (the checkpoint's), "float32", "bfloat16" or "float16".
         max_shard_size: largest safetensors shard, e.g. "5GB".
         config: ModelConfig or InternEvo config file; default: the checkpoint's model config.
-        max_position_embeddings: context length written to config.json.
-        add_bos_token: the HF tokenizer prepends <s> (default off: ids equal `sp.encode(text)`).
+        max_position_embeddings: context length written to config.json (default: the training
+            sequence length, see `rethinktiny.convert.context_length`).
+        add_bos_token: the HF tokenizer prepends <s>, as every training document starts with it
+            (default on: `generate`, `pipeline` and lm-eval then see what training saw).
         force: replace an existing `dst`.
     Returns:
         the output folder.
@@ -136,6 +139,7 @@ def to_hf(src: str | os.PathLike, dst: str | os.PathLike, tokenizer: str | os.Pa
     target_dtype = parse_dtype(dtype, keep=True) or _source_dtype(ckpt)
     max_bytes = parse_size(max_shard_size)
     specs = export_specs(expected, cfg, target_dtype)
+    context, context_source = resolve_context_length(max_position_embeddings, ckpt.folder, config)
     args = dict(src=str(src), tokenizer=tokenizer and str(tokenizer), config=config and str(config), dtype=dtype,
                 max_shard_size=str(max_shard_size), max_position_embeddings=max_position_embeddings,
                 add_bos_token=add_bos_token)
@@ -143,7 +147,7 @@ def to_hf(src: str | os.PathLike, dst: str | os.PathLike, tokenizer: str | os.Pa
                                              disable=not progress) as bar:
         write_sharded(tmp, specs, _Exporter(ckpt, expected, target_dtype), max_bytes,
                       on_tensor=lambda spec: bar.update(1))
-        write_json(tmp / "config.json", llama_config_dict(cfg, dtype_name(target_dtype), max_position_embeddings,
+        write_json(tmp / "config.json", llama_config_dict(cfg, dtype_name(target_dtype), context,
                                                           special.bos, special.eos, special.pad))
         write_json(tmp / "generation_config.json", generation_config_dict(special.bos, special.eos, special.pad))
         if loaded is not None:
@@ -151,5 +155,6 @@ def to_hf(src: str | os.PathLike, dst: str | os.PathLike, tokenizer: str | os.Pa
         write_manifest(tmp, "convert to-hf", args, inputs={"checkpoint": ckpt.folder,
                                                                "tokenizer": loaded and loaded.path},
                        extra={"model_config": cfg.to_dict(), "source_step_folder": str(ckpt.folder),
-                              "source_tp_pp": [ckpt.tp_size, ckpt.pp_size], "ignored_keys": ignored})
+                              "source_tp_pp": [ckpt.tp_size, ckpt.pp_size], "ignored_keys": ignored,
+                              "max_position_embeddings": {"value": context, "from": context_source}})
     return Path(dst)

@@ -53,9 +53,14 @@ def hf_tokenizer_folder(path: str | Path) -> Path | None:
 
 
 def write_tokenizer_files(tokenizer: Tokenizer, source: str | Path, dst: Path,
-                          add_bos_token: bool = False) -> None:
+                          add_bos_token: bool = True) -> None:
     """HF tokenizer files in `dst` with SentencePiece's exact ids (issue 3's writer); with
-    `add_bos_token` HF prepends <s> (as the training data does), the rest stays identical."""
+    `add_bos_token` (the default) HF prepends <s>, as every training document starts with it.
+
+    One BOS rule for every client: `tokenizer(text)` gives `[<s>] + sp.encode(text)`, so
+    `generate`, `pipeline` and lm-eval's loglikelihood / multiple-choice / generation requests see
+    the training framing; a client that adds <s> itself (lm-eval's rolling loglikelihood) must
+    encode with `add_special_tokens=False` (docs/huggingface.md gives the lm-eval arguments)."""
     # An HF tokenizer folder keeps its own files and framing: add_bos_token is for SentencePiece.
     folder = hf_tokenizer_folder(source)
     if folder is not None or tokenizer.kind != SENTENCEPIECE:

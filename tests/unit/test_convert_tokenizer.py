@@ -50,8 +50,9 @@ def exported(tmp_path_factory, tiny_tokenizer):
     cfg = ModelConfig(hidden_size=32, num_layers=1, num_attention_heads=2, num_kv_heads=2, intermediate_size=64,
                       vocab_size=load_tokenizer(sp_path).backend.get_piece_size())
     save_model_only(root / "ckpt", PanGuPi(cfg).state_dict(), cfg)
-    to_hf(root / "ckpt", root / "hf", tokenizer=sp_path, progress=False)
-    to_hf(root / "ckpt", root / "hf_bos", tokenizer=sp_path.parent, add_bos_token=True, progress=False)
+    # "hf": ids exactly sp.encode(text); "hf_bos": the default export, <s> first as in training
+    to_hf(root / "ckpt", root / "hf", tokenizer=sp_path, add_bos_token=False, progress=False)
+    to_hf(root / "ckpt", root / "hf_bos", tokenizer=sp_path.parent, progress=False)
     return sp_path, root
 
 
@@ -74,7 +75,7 @@ def test_export_config_carries_special_ids(exported):
     assert (generation["bos_token_id"], generation["eos_token_id"]) == (sp.bos_id(), sp.eos_id())
 
 
-def test_add_bos_token_prepends_bos_only(exported):
+def test_default_export_prepends_bos_only(exported):
     sp_path, root = exported
     sp = load_tokenizer(sp_path).backend
     hf = AutoTokenizer.from_pretrained(str(root / "hf_bos"), local_files_only=True)
@@ -104,7 +105,7 @@ def pruned_export(tmp_path_factory, tiny_tokenizer):
     cfg = ModelConfig(hidden_size=32, num_layers=1, num_attention_heads=2, num_kv_heads=2, intermediate_size=64,
                       vocab_size=1200)
     save_model_only(root / "ckpt", PanGuPi(cfg).state_dict(), cfg)
-    to_hf(root / "ckpt", root / "hf", tokenizer=sp_path, progress=False)
+    to_hf(root / "ckpt", root / "hf", tokenizer=sp_path, add_bos_token=False, progress=False)
     return sp_path, root / "hf", sp.get_piece_size() - 1200
 
 
