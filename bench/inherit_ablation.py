@@ -33,7 +33,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rethinktiny.checkpoint import InternEvoCheckpoint, save_model_only  # noqa: E402
+from rethinktiny.checkpoint import load_model, save_model_only  # noqa: E402
 from rethinktiny.config import ModelConfig  # noqa: E402
 from rethinktiny.data.prepare import tokenize_corpus, train_tokenizer  # noqa: E402
 from rethinktiny.data.tokenized import find_bin_files, iter_documents  # noqa: E402
@@ -110,13 +110,6 @@ def train(model: PanGuPi, data: list[torch.Tensor], valid: torch.Tensor, lr: flo
     return curve
 
 
-def load(folder: Path) -> PanGuPi:
-    ckpt = InternEvoCheckpoint(folder)
-    model = PanGuPi(ckpt.config)
-    model.load_state_dict(ckpt.state_dict(), strict=True)
-    return model
-
-
 def student_variants() -> list[tuple[str, str | None, str | None]]:
     """(label, width metric, layer strategy); None, None = random init."""
     variants = [("random init", None, None)]
@@ -144,7 +137,7 @@ def run_students(args, work: Path, teacher_dir: Path, train_dir: Path, train_str
                         calib=train_dir if needs_calib else None,
                         calib_tokens=args.calib_tokens, calib_seq_len=args.seq, seed=seed, force=True,
                         learn_steps=args.learn_steps)
-                model = load(dst)
+                model = load_model(dst)
             curve = train(model, data, valid, args.lr, f"{label} seed {seed}", args.eval_every)
             results.setdefault(label, []).append(curve)
     return results
@@ -229,7 +222,7 @@ def main() -> None:
     valid = held_out(valid_stream, 64, args.seq)
     print(f"data: {len(train_stream)} training tokens, {valid.numel()} held-out tokens", flush=True)
     if args.reuse_work:
-        teacher_curve = [(args.teacher_steps, evaluate(load(work / "teacher"), valid))]
+        teacher_curve = [(args.teacher_steps, evaluate(load_model(work / "teacher"), valid))]
     else:
         teacher_curve = train_teacher(args, train_stream, valid, work / "teacher")
 

@@ -85,7 +85,8 @@ def in_process(args, data: Path, ckpt: Path, rows: int) -> tuple[float, float]:
     """(forward-only tokens/s, training-step tokens/s) on the same packed rows, one process."""
     from rethinktiny.resample.batches import PackedCorpus, RowReader
     from rethinktiny.resample.run import read_training_config
-    from rethinktiny.resample.scoring import load_scoring_model, row_loss
+    from rethinktiny.checkpoint import load_model
+    from rethinktiny.resample.scoring import row_loss
     from rethinktiny.resample.spec import spec_from_data_config
 
     cfg = read_training_config(args.config)
@@ -93,7 +94,7 @@ def in_process(args, data: Path, ckpt: Path, rows: int) -> tuple[float, float]:
     with RowReader(corpus) as reader:
         packed = [reader.row(i) for i in range(min(rows, corpus.num_rows))]
     torch.set_num_threads(1)  # as each torchrun rank (OMP_NUM_THREADS=1): no oversubscription
-    model = load_scoring_model(ckpt, cfg.model, cfg.dtype)
+    model = load_model(ckpt, cfg.model, cfg.dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     tokens = sum(len(r.tokens) for r in packed)
     forward_s, step_s = [], []

@@ -250,3 +250,94 @@ def check_state_dict(state_dict: dict[str, torch.Tensor], expected: dict[str, to
             raise UserError(f"{source}: shape mismatch for {name}: checkpoint {tuple(state_dict[name].shape)}, "
                             f"model {tuple(shape)}")
 
+
+# ---- loading a model ------------------------------------------------------------------------------
+
+# Rotary inverse frequencies: InternEvo (and older HF exports) may save them as a buffer, our model
+# recomputes them from rope_theta, so every reader of a checkpoint drops names ending in this.
+ROTARY_BUFFER = "rotary_emb.inv_freq"
+
+
+def is_rotary_buffer(name: str) -> bool:
+    return name.endswith(ROTARY_BUFFER)
+
+
+def check_same_model(folder: str | Path, cfg: ModelConfig) -> None:
+    """The model config saved in `folder` (when there is one) must describe `cfg`'s model: equal
+    shapes with, say, another norm epsilon would load and silently compute something else."""
+    saved = read_model_config(folder, required=False)
+    if saved is None:
+        return
+    mine, theirs = cfg.to_dict(), saved.to_dict()
+    differing = [k for k in mine if k != "name" and mine[k] != theirs.get(k)]
+    if differing:
+        key = differing[0]
+        raise UserError(f"{folder}: checkpoint from a different model: {key} is {theirs.get(key)!r} there "
+                        f"but {mine[key]!r} in the config ({len(differing)} field(s) differ)")
+
+
+def model_state_dict(ckpt: InternEvoCheckpoint, expected: dict[str, torch.Size | tuple], tie_embeddings: bool,
+                     source: str) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors under `expected`'s names, every name and shape checked first.
+
+    The one treatment of a tied head: `output.weight` is `tok_embeddings.weight`. A checkpoint may
+    leave it out (ours and HF do) or hold it (a tied model's `state_dict()` has both names); a held
+    head that differs from the embedding is not a tied model's and is refused.
+
+    Args:
+        ckpt: the open checkpoint.
+        expected: name -> shape of the model to fill (`parameter_shapes(cfg)`, or a live model's).
+        tie_embeddings: whether that model ties its head to the embedding.
+        source: what the error messages name.
+    """
+    state = {name: ckpt.tensor(name) for name in ckpt.keys() if not is_rotary_buffer(name)}
+    embedding = state.get("tok_embeddings.weight")
+    saved_head = state.get("output.weight")
+    if tie_embeddings and embedding is not None:
+        state["output.weight"] = embedding
+    check_state_dict(state, expected, source)
+    if tie_embeddings and saved_head is not None and not torch.equal(saved_head, embedding):
+        raise UserError(f"{source}: tie_embeddings is set but the saved output.weight differs from "
+                        f"tok_embeddings.weight")
+    return state
+
+
+def open_model_checkpoint(path: str | Path, config: ModelConfig | None = None
+                          ) -> tuple[InternEvoCheckpoint, dict[str, torch.Tensor]]:
+    """The checkpoint and its checked state dict for `PanGuPi` (shards memory-mapped, nothing copied).
+
+    Args:
+        path: a step folder, or a save folder whose latest step is used.
+        config: the model shape; the folder's saved config, when it has one, must match it.
+            Default: the folder's own model_config.json / model_config.pt.
+    """
+    from rethinktiny.model import parameter_shapes
+
+    ckpt = InternEvoCheckpoint(path, config=config)
+    if ckpt.config is None:
+        raise UserError(f"{ckpt.folder}: no {MODEL_CONFIG_JSON} or model_config.pt; pass the InternEvo "
+                        f"config file with --config")
+    if config is not None:
+        check_same_model(ckpt.folder, config)
+    state = model_state_dict(ckpt, parameter_shapes(ckpt.config), ckpt.config.tie_embeddings,
+                             f"{ckpt.folder} (checkpoint from a different model?)")
+    return ckpt, state
+
+
+def load_model(path: str | Path, config: ModelConfig | None = None, dtype: str | torch.dtype = "float32",
+               device: torch.device | str = "cpu"):
+    """`PanGuPi` with a checkpoint's weights, in eval mode: the one loader every reader uses.
+
+    Args:
+        path: InternEvo step folder, or its save folder (latest step); any tp/pp layout.
+        config: the model shape (see `open_model_checkpoint`); default: the folder's own.
+        dtype: weight dtype, any spelling of `rethinktiny.dtypes`.
+        device: where the model goes.
+    """
+    from rethinktiny.dtypes import parse_dtype
+    from rethinktiny.model import PanGuPi
+
+    ckpt, state = open_model_checkpoint(path, config)
+    model = PanGuPi(ckpt.config)
+    model.load_state_dict(state, strict=True)
+    return model.to(device=device, dtype=parse_dtype(dtype)).eval()

@@ -13,6 +13,8 @@ import re
 
 import torch
 
+from rethinktiny.checkpoint import ROTARY_BUFFER
+
 # HF name -> our name; "{}" is the layer index.
 FROM_HF: dict[str, str] = {
     "model.embed_tokens.weight": "tok_embeddings.weight",
@@ -34,7 +36,7 @@ FROM_HF: dict[str, str] = {
 }
 TO_HF: dict[str, str] = {ours: hf for hf, ours in FROM_HF.items()}
 # HF keys that hold no parameters (older exports saved the rotary buffer).
-IGNORED_HF_SUFFIXES = ("rotary_emb.inv_freq",)
+IGNORED_HF_SUFFIXES = (ROTARY_BUFFER,)
 
 # Our names whose rows carry rotary channels (layer-local part), and which head count splits them.
 ROTARY_QUERY = ("attention.wq.weight", "attention.wq.bias")

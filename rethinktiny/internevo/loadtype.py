@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from rethinktiny.checkpoint import InternEvoCheckpoint, check_state_dict
+from rethinktiny.checkpoint import InternEvoCheckpoint, model_state_dict
 from rethinktiny.errors import UserError
 
 LOAD_TYPE = "inherited"
@@ -34,11 +34,17 @@ def load_inherited(ckpt_mm, load_info, *_args, **_kwargs) -> str:
     if requested != {"model"}:
         raise UserError(f"ckpt_type {LOAD_TYPE!r} loads only content=('model',), got {sorted(requested)}")
     folder = _local_path(str(load_info["path"]))
-    model = ckpt_mm.model
-    expected = {name: tensor.shape for name, tensor in model.state_dict().items()}
-    state = InternEvoCheckpoint(folder).state_dict()
-    check_state_dict(state, expected, source=f"ckpt.load_ckpt_info.path {folder}")
+    live = ckpt_mm.model.state_dict()
+    expected = {name: tensor.shape for name, tensor in live.items()}
+    state = model_state_dict(InternEvoCheckpoint(folder), expected, _ties_head(live),
+                             source=f"ckpt.load_ckpt_info.path {folder}")
     with torch.no_grad():
-        for name, tensor in model.state_dict().items():
+        for name, tensor in live.items():
             tensor.copy_(state[name].to(tensor.dtype))
     return "model, "
+
+
+def _ties_head(live: dict[str, torch.Tensor]) -> bool:
+    """Whether the model being trained shares its head with its embedding (one storage)."""
+    head, embedding = live.get("output.weight"), live.get("tok_embeddings.weight")
+    return head is not None and embedding is not None and head.data_ptr() == embedding.data_ptr()

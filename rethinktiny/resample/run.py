@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rethinktiny.artifacts import check_writable, output_dir, write_manifest
+from rethinktiny.checkpoint import open_model_checkpoint
 from rethinktiny.config import ModelConfig, from_internevo
 from rethinktiny.dtypes import dtype_name
 from rethinktiny.errors import UserError
@@ -26,7 +27,6 @@ from rethinktiny.resample.batches import PackedCorpus, require_batches
 from rethinktiny.resample.launch import LaunchOptions, run_scoring_ranks
 from rethinktiny.resample.sampling import Draw, check_temperature, num_to_select, resample, seeded_generator
 from rethinktiny.resample.scorefiles import ScorePlan, collect_losses, plan_identity, prepare_folder
-from rethinktiny.resample.scoring import open_checked_checkpoint
 from rethinktiny.resample.spec import BatchSpec, spec_from_data_config
 from rethinktiny.resample.writer import write_scores_and_selection, write_selected_data
 
@@ -159,7 +159,7 @@ def resample_data(config: str | os.PathLike, ckpt: str | os.PathLike, dst: str |
     corpus = PackedCorpus(data, spec_from_data_config(cfg.data, batch_ranks, source=str(config)))
     batches = require_batches(corpus)
     num_selected = num_to_select(len(batches), ratio, num_batches)
-    checkpoint, _ = open_checked_checkpoint(ckpt, cfg.model)
+    checkpoint, _ = open_model_checkpoint(ckpt, cfg.model)
     scores_dir = Path(scores_dir) if scores_dir else dst.with_name(f".{dst.name}.scores")
     losses = score_batches(cfg, corpus, len(batches), checkpoint.folder, scores_dir, launch or LaunchOptions(),
                            force, progress)

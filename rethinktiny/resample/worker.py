@@ -17,11 +17,12 @@ import traceback
 import torch
 from tqdm import tqdm
 
+from rethinktiny.checkpoint import load_model
 from rethinktiny.config import ModelConfig
 from rethinktiny.errors import UserError
 from rethinktiny.resample.batches import PackedCorpus, RowReader, batch_rows
 from rethinktiny.resample.scorefiles import ScoreAppender, ScorePlan, read_scores
-from rethinktiny.resample.scoring import batch_loss, load_scoring_model
+from rethinktiny.resample.scoring import batch_loss
 from rethinktiny.resample.spec import BatchSpec
 
 
@@ -64,7 +65,7 @@ def score_share(plan: ScorePlan, rank: int, world: int, device: torch.device | s
         raise UserError(f"{plan.data}: now has {len(batches)} batches, the plan {plan.num_batches}; "
                         f"the data changed while scoring")
     todo = batches_to_score(plan, rank, world)
-    model = load_scoring_model(plan.checkpoint, ModelConfig.from_dict(plan.model), plan.dtype, device)
+    model = load_model(plan.checkpoint, ModelConfig.from_dict(plan.model), plan.dtype, device)
     start = time.perf_counter()
     with RowReader(corpus) as reader, ScoreAppender(plan.folder, plan.attempt, rank) as out:
         for batch in tqdm(todo, desc=f"scoring ({world} rank{'s' if world > 1 else ''})", unit="batch",

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from rethinktiny.checkpoint import (InternEvoCheckpoint, check_state_dict, find_step_folder, read_model_config,
-                                    save_model_only)
+from rethinktiny.checkpoint import (InternEvoCheckpoint, check_state_dict, find_step_folder, load_model,
+                                    read_model_config, save_model_only)
 from rethinktiny.config import get_preset
 from rethinktiny.errors import UserError
 from rethinktiny.model import PanGuPi
@@ -43,13 +43,58 @@ def test_latest_step_and_empty_folder(tmp_path):
     assert find_step_folder(tmp_path).name == "40"
 
 
+IDS = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+
+
 def test_save_model_only_round_trip(tmp_path):
-    model = PanGuPi(CFG)
+    model = PanGuPi(CFG).eval()
     save_model_only(tmp_path / "m", model.state_dict(), CFG)
     assert read_model_config(tmp_path / "m") == CFG
-    loaded = InternEvoCheckpoint(tmp_path / "m").state_dict()
-    fresh = PanGuPi(CFG)
-    fresh.load_state_dict(loaded, strict=True)
+    loaded = load_model(tmp_path / "m")
+    assert loaded.cfg == CFG and not loaded.training
+    assert torch.equal(loaded(IDS), model(IDS))
+    assert load_model(tmp_path / "m", dtype="bf16").output.weight.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("tp, pp", [(1, 1), (2, 2)])
+def test_load_model_drops_rotary_buffers(tmp_path, tp, pp):
+    # InternEvo's rotary module may save inv_freq; the model recomputes it from rope_theta
+    model = PanGuPi(CFG).eval()
+    state = {**model.state_dict(), **{f"layers.{i}.attention.rotary_emb.inv_freq": torch.ones(CFG.head_dim // 2)
+                                      for i in range(CFG.num_layers)}}
+    stages = [CFG.num_layers // pp] * (pp - 1) + [CFG.num_layers - (pp - 1) * (CFG.num_layers // pp)]
+    save_like_internevo(tmp_path / "ckpt", state, tp, stages)
+    torch.testing.assert_close(load_model(tmp_path / "ckpt", CFG)(IDS), model(IDS), rtol=0, atol=0)
+
+
+def test_tied_head_is_the_embedding_whether_saved_or_not(tmp_path):
+    tied = CFG.replace(tie_embeddings=True)
+    model = PanGuPi(tied).eval()
+    with_head = model.state_dict()  # a tied model's state dict names the head too
+    without_head = {k: v for k, v in with_head.items() if k != "output.weight"}
+    for name, state in (("with", with_head), ("without", without_head)):
+        save_model_only(tmp_path / name, state, tied)
+        loaded = load_model(tmp_path / name)
+        assert loaded.output.weight is loaded.tok_embeddings.weight
+        assert torch.equal(loaded(IDS), model(IDS))
+    other = {**with_head, "output.weight": with_head["output.weight"] + 1.0}
+    save_model_only(tmp_path / "other", other, tied)
+    with pytest.raises(UserError, match="tie_embeddings is set but the saved output.weight differs"):
+        load_model(tmp_path / "other")
+    save_model_only(tmp_path / "untied", without_head, CFG)  # an untied model needs its head
+    with pytest.raises(UserError, match="missing key output.weight"):
+        load_model(tmp_path / "untied")
+
+
+def test_load_model_refuses_another_model(tmp_path):
+    save_model_only(tmp_path / "m", PanGuPi(CFG).state_dict(), CFG)
+    with pytest.raises(UserError, match="different model: norm_eps is 1e-05 there but 1e-06 in the config"):
+        load_model(tmp_path / "m", CFG.replace(norm_eps=1e-6))
+    (tmp_path / "m" / "model_config.json").unlink()
+    with pytest.raises(UserError, match="pass the InternEvo config file with --config"):
+        load_model(tmp_path / "m")
+    with pytest.raises(UserError, match=r"shape mismatch for layers\.0\.feed_forward\.w1\.weight"):
+        load_model(tmp_path / "m", CFG.replace(intermediate_size=CFG.intermediate_size + 32))
 
 
 def test_check_state_dict_names_key_and_shapes():

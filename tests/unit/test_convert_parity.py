@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 transformers = pytest.importorskip("transformers")
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from rethinktiny.checkpoint import InternEvoCheckpoint, save_model_only  # noqa: E402
+from rethinktiny.checkpoint import load_model, save_model_only  # noqa: E402
 from rethinktiny.config import ModelConfig  # noqa: E402
 from rethinktiny.convert.export import to_hf  # noqa: E402
 from rethinktiny.convert.import_hf import from_hf  # noqa: E402
@@ -69,13 +69,6 @@ def hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_ours(folder: Path) -> PanGuPi:
-    ckpt = InternEvoCheckpoint(folder)
-    model = PanGuPi(ckpt.config)
-    model.load_state_dict(ckpt.state_dict(), strict=True)
-    return model.eval()
-
-
 def load_hf(folder: Path) -> LlamaForCausalLM:
     return LlamaForCausalLM.from_pretrained(str(folder), local_files_only=True).eval()
 
@@ -94,7 +87,7 @@ def test_hf_to_ours_to_hf(tmp_path, kv_heads, bias, tied):
     hf = random_hf_llama(kv_heads, bias, tied)
     hf.save_pretrained(tmp_path / "hf")
     from_hf(tmp_path / "hf", tmp_path / "ours", progress=False)
-    ours = load_ours(tmp_path / "ours")
+    ours = load_model(tmp_path / "ours")
     assert (ours.cfg.num_kv_heads, ours.cfg.attention_bias, ours.cfg.tie_embeddings) == (kv_heads, bias, tied)
     ids = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -120,14 +113,14 @@ def test_from_hf_reads_pytorch_model_bin(tmp_path):
     from_hf(tmp_path / "hf", tmp_path / "ours", progress=False)
     ids = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        torch.testing.assert_close(load_ours(tmp_path / "ours")(ids), hf(ids).logits)
+        torch.testing.assert_close(load_model(tmp_path / "ours")(ids), hf(ids).logits)
 
 
 def test_greedy_generation_is_identical(tmp_path):
     hf = random_hf_llama(kv_heads=2, bias=True, tied=False, seed=3)
     hf.save_pretrained(tmp_path / "hf")
     from_hf(tmp_path / "hf", tmp_path / "ours", progress=False)
-    ours = load_ours(tmp_path / "ours")
+    ours = load_model(tmp_path / "ours")
     prompt = [5, 17, 42, 8, 63]
     with torch.no_grad():
         hf_out = hf.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False, eos_token_id=None,

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rethinktiny.checkpoint import InternEvoCheckpoint, save_model_only
+from rethinktiny.checkpoint import load_model, save_model_only
 from rethinktiny.config import get_preset
 from rethinktiny.data.tokenized import write_documents
 from rethinktiny.inherit.apply import inherit
@@ -27,13 +27,6 @@ def make_source(folder, cfg=CFG, seed=0):
             elif p.dim() == 2:
                 p.normal_(0, 0.1)  # larger than the init so logits differ clearly between plans
     save_model_only(folder, model.state_dict(), cfg)
-    return model.eval()
-
-
-def load_model(folder):
-    ckpt = InternEvoCheckpoint(folder)
-    model = PanGuPi(ckpt.config)
-    model.load_state_dict(ckpt.state_dict(), strict=True)
     return model.eval()
 
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rethinktiny.checkpoint import open_model_checkpoint
 from rethinktiny.data.tokenized import iter_documents
 from rethinktiny.errors import UserError
 from rethinktiny.resample.batches import PackedCorpus, RowReader, batch_rows
 from rethinktiny.resample.launch import LaunchOptions
 from rethinktiny.resample.run import make_score_plan, read_training_config, resample_data
 from rethinktiny.resample.scorefiles import prepare_folder, score_files
-from rethinktiny.resample.scoring import open_checked_checkpoint
 from rethinktiny.resample.spec import spec_from_data_config
 from rethinktiny.resample.worker import score_share
 
@@ -94,7 +94,7 @@ def test_interrupted_scoring_continues_where_it_stopped(setup, first_run):
     cfg = read_training_config(setup["config"])
     corpus = PackedCorpus(setup["data"], spec_from_data_config(cfg.data))
     num_batches = len(batch_rows(corpus.num_rows, corpus.spec))
-    checkpoint, _ = open_checked_checkpoint(setup["ckpt"], cfg.model)
+    checkpoint, _ = open_model_checkpoint(setup["ckpt"], cfg.model)
     scores = setup["root"] / "scores_resume"
     # an earlier run scored rank 0's half of 2 ranks, then died mid-record
     plan = prepare_folder(make_score_plan(cfg, corpus, num_batches, checkpoint.folder, scores), restart=False)
@@ -118,7 +118,7 @@ def test_resumed_attempt_scores_only_the_rest(setup):
     cfg = read_training_config(setup["config"])
     corpus = PackedCorpus(setup["data"], spec_from_data_config(cfg.data))
     num_batches = len(batch_rows(corpus.num_rows, corpus.spec))
-    checkpoint, _ = open_checked_checkpoint(setup["ckpt"], cfg.model)
+    checkpoint, _ = open_model_checkpoint(setup["ckpt"], cfg.model)
     scores = setup["root"] / "scores_count"
     plan = prepare_folder(make_score_plan(cfg, corpus, num_batches, checkpoint.folder, scores), restart=False)
     score_share(plan, 1, 2, progress=False)
@@ -132,7 +132,7 @@ def test_scores_of_another_checkpoint_are_never_mixed(setup):
     _run(setup, setup["root"] / "out_d", scores_dir=scores)  # finished: folder removed
     cfg = read_training_config(setup["config"])
     corpus = PackedCorpus(setup["data"], spec_from_data_config(cfg.data))
-    checkpoint, _ = open_checked_checkpoint(setup["ckpt"], cfg.model)
+    checkpoint, _ = open_model_checkpoint(setup["ckpt"], cfg.model)
     prepare_folder(make_score_plan(cfg, corpus, 3, checkpoint.folder, scores), restart=False)  # a stale plan
     other = write_checkpoint(setup["root"] / "ckpt_other", model_config(), seed=2)
     with pytest.raises(UserError, match="holds scores of a different checkpoint"):

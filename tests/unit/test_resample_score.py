@@ -5,10 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rethinktiny.checkpoint import load_model
 from rethinktiny.errors import UserError
 from rethinktiny.resample.batches import PackedCorpus, RowReader, batch_rows
 from rethinktiny.resample.packing import IGNORE
-from rethinktiny.resample.scoring import batch_loss, load_scoring_model, row_loss
+from rethinktiny.resample.scoring import batch_loss, row_loss
 from rethinktiny.resample.spec import BatchSpec
 
 from .resample_helpers import model_config, write_checkpoint, write_small_data
@@ -26,7 +27,7 @@ def corpus(tmp_path_factory, tokenized_sample):
 def model(tmp_path_factory):
     cfg = model_config()
     folder = write_checkpoint(tmp_path_factory.mktemp("ckpt") / "1", cfg, seed=3)
-    return load_scoring_model(folder, cfg, "float32")
+    return load_model(folder, cfg, "float32")
 
 
 def _piecewise_loss(model, row) -> float:
@@ -65,13 +66,13 @@ def test_checkpoint_of_another_shape_is_refused(tmp_path):
     (wide / "model_config.json").unlink()  # no saved config: the tensor shapes must catch it
     with pytest.raises(UserError, match=r"shape mismatch for layers\.0\.feed_forward\.w1\.weight: checkpoint "
                                         r"\(192, 64\), model \(176, 64\)"):
-        load_scoring_model(wide, model_config())
+        load_model(wide, model_config())
     deep = write_checkpoint(tmp_path / "deep", model_config({"num_layers": 3}))
     with pytest.raises(UserError, match="different model: num_layers is 3 there but 2 in the config"):
-        load_scoring_model(deep, model_config())
+        load_model(deep, model_config())
 
 
 def test_checkpoint_with_other_hyperparameters_is_refused(tmp_path):
     folder = write_checkpoint(tmp_path / "eps", model_config({"layer_norm_epsilon": 1e-6}))
     with pytest.raises(UserError, match="norm_eps is 1e-06 there but 1e-05"):
-        load_scoring_model(folder, model_config())
+        load_model(folder, model_config())
