@@ -66,21 +66,19 @@ class PerplexityResult:
         return asdict(self)
 
 
-def model_tokenizer(path: str | os.PathLike | None, folders: tuple[Path, ...], vocab_size: int) -> Tokenizer:
-    """The tokenizer given, else the first of `folders` holding one; its ids must fit the model.
+def model_tokenizer(path: str | os.PathLike | None, folders: tuple[Path, ...]) -> Tokenizer:
+    """The tokenizer given, else the first of `folders` holding one (loaded before the weights, so a
+    bad tokenizer fails fast; the caller checks it fits with `Tokenizer.check_fits`).
 
     Args:
         path: --tokenizer (SentencePiece model, or folder with tokenizer.model or tokenizer.json).
         folders: where to look when `path` is None (the model's own folders).
-        vocab_size: the model's embedding rows (`Tokenizer.check_fits`).
     """
     if path is None:
         path = find_tokenizer(*folders)
         if path is None:
             raise UserError(f"{folders[-1]}: no tokenizer.model or tokenizer.json next to the model; pass --tokenizer")
-    tokenizer = load_tokenizer(path)
-    tokenizer.check_fits(vocab_size)
-    return tokenizer
+    return load_tokenizer(path)
 
 
 def load_hf_model(folder: Path, tokenizer: str | os.PathLike | None, dtype: str) -> EvalModel:
@@ -88,6 +86,7 @@ def load_hf_model(folder: Path, tokenizer: str | os.PathLike | None, dtype: str)
     import transformers
     from transformers import AutoModelForCausalLM
 
+    loaded = model_tokenizer(tokenizer, (folder,))
     # transformers < 4.56 spells the keyword torch_dtype (and ignores dtype=).
     dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     try:
@@ -96,8 +95,7 @@ def load_hf_model(folder: Path, tokenizer: str | os.PathLike | None, dtype: str)
     except (OSError, ValueError, KeyError) as err:
         raise UserError(f"{folder}: cannot load as a Hugging Face causal LM ({err})") from None
     model.eval()
-    vocab = model.config.vocab_size
-    loaded = model_tokenizer(tokenizer, (folder,), vocab)
+    loaded.check_fits(model.config.vocab_size)
     return EvalModel(lambda ids: model(input_ids=ids, use_cache=False).logits, loaded, "huggingface")
 
 
@@ -118,7 +116,8 @@ def load_internevo_model(path: Path, config: ModelConfig | str | os.PathLike | N
     model.load_state_dict(state, strict=True)
     model.to(parse_dtype(dtype)).eval()
     # from-hf and inherit put the tokenizer next to the weights (step folder) or in the folder given.
-    loaded = model_tokenizer(tokenizer, (ckpt.folder, path), cfg.vocab_size)
+    loaded = model_tokenizer(tokenizer, (ckpt.folder, path))
+    loaded.check_fits(cfg.vocab_size)
     return EvalModel(model, loaded, "internevo")
 
 

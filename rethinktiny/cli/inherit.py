@@ -15,7 +15,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", default="first-last",
                         help="first-last | uniform | block-influence | comma-separated source layers (default first-last)")
     parser.add_argument("--width", default="l2", help="l1 | l2 | activation | taylor | learnable | random (default l2)")
-    parser.add_argument("--calib", default=None, help="InternEvo tokenized folder for calibration data")
+    parser.add_argument("--calib", default=None,
+                        help="InternEvo tokenized folder, or jsonl text tokenized with the source's tokenizer")
+    parser.add_argument("--calib-tokenizer", default=None,
+                        help="tokenizer of a jsonl --calib: SentencePiece or HF folder (default: next to --src)")
     parser.add_argument("--calib-tokens", type=int, default=16384, help="calibration tokens (default 16384)")
     parser.add_argument("--calib-seq-len", type=int, default=512, help="tokens per calibration row (default 512)")
     parser.add_argument("--token-map", default=None, help="token_map.json: new id i takes old row token_map[i]")
@@ -36,5 +39,6 @@ def _inherit(args: argparse.Namespace) -> None:
     dst = inherit(args.src, args.target, args.dst, layers=args.layers, width=args.width, calib=args.calib,
                   calib_tokens=args.calib_tokens, calib_seq_len=args.calib_seq_len, token_map=args.token_map,
                   seed=args.seed, force=args.force, src_config=args.src_config, dtype=args.dtype,
-                  learn_steps=args.learn_steps, micro_rows=args.micro_rows)
+                  learn_steps=args.learn_steps, micro_rows=args.micro_rows,
+                  calib_tokenizer=args.calib_tokenizer)
     print(f"wrote {dst} (inherit_report.json has the kept layers and indices)")

@@ -23,7 +23,7 @@ from rethinktiny.checkpoint import check_state_dict, save_model_only
 from rethinktiny.config import ModelConfig, get_preset
 from rethinktiny.dtypes import parse_dtype
 from rethinktiny.errors import UserError
-from rethinktiny.inherit.calib import Calibration, calibration_batches
+from rethinktiny.inherit.calib import Calibration, calibration_batches, is_text_calibration
 from rethinktiny.inherit.importance import (CALIBRATED_METRICS, WIDTH_METRICS, WidthScores, activation_scores,
                                             block_influence, learnable_scores, magnitude_scores, random_scores,
                                             shortcut_magnitudes, taylor_scores)
@@ -33,6 +33,7 @@ from rethinktiny.inherit.prune import (KeepPlan, LayerKeep, check_target_fits, c
 from rethinktiny.inherit.report import PLOT_FILE, build_report, plot_layer_importance, write_report
 from rethinktiny.inherit.sources import Source, open_source
 from rethinktiny.model import parameter_shapes
+from rethinktiny.tokenizer import find_tokenizer
 
 def resolve_target(target: str | ModelConfig) -> ModelConfig:
     """A ModelConfig, a preset name, or an InternEvo config file path."""
@@ -151,7 +152,7 @@ def _check_choices(layers: str, width: str, dtype: str, calib: Any) -> None:
     parse_dtype(dtype, keep=True)  # a bad --dtype fails before any work
     if calib is None and (width in CALIBRATED_METRICS or layers == "block-influence"):
         what = f"--width {width}" if width in CALIBRATED_METRICS else "--layers block-influence"
-        raise UserError(f"{what} needs calibration data: pass --calib TOKENIZED_DIR")
+        raise UserError(f"{what} needs calibration data: pass --calib TOKENIZED_DIR or TEXT.jsonl")
     if is_explicit_list(layers) and not any(ch.isdigit() for ch in layers):
         raise UserError(f"--layers {layers!r}: choose one of {', '.join(LAYER_STRATEGIES)} or list indices")
 
@@ -160,7 +161,7 @@ def inherit(src: str | Path, target: str | ModelConfig, dst: str | Path, layers:
             width: str = "l2", calib: str | Path | None = None, calib_tokens: int = 16384,
             calib_seq_len: int = 512, token_map: str | Path | None = None, seed: int = 0,
             force: bool = False, src_config: str | ModelConfig | None = None, dtype: str = "source",
-            learn_steps: int = 300, micro_rows: int = 4) -> Path:
+            learn_steps: int = 300, micro_rows: int = 4, calib_tokenizer: str | Path | None = None) -> Path:
     """Build the target's starting weights out of `src` and write them to `dst`.
 
     Args:
@@ -170,8 +171,9 @@ def inherit(src: str | Path, target: str | ModelConfig, dst: str | Path, layers:
             inherit_report.json, layer_importance.png); refused if it exists unless `force`.
         layers: first-last, uniform, block-influence, or comma-separated source layer indices.
         width: l1, l2, activation, taylor, learnable or random.
-        calib: InternEvo tokenized folder for calibration (activation/taylor/learnable/block-influence;
-            when given, block influence is also measured for the report).
+        calib: InternEvo tokenized folder, or jsonl text file tokenized with the source's tokenizer, for
+            calibration (activation/taylor/learnable/block-influence; when given, block influence is
+            also measured for the report).
         calib_tokens: calibration tokens (whole rows of `calib_seq_len`).
         calib_seq_len: tokens per calibration row.
         token_map: token_map.json (new id i takes old row token_map[i]); calibration data is then
@@ -182,6 +184,8 @@ def inherit(src: str | Path, target: str | ModelConfig, dst: str | Path, layers:
         dtype: output dtype (see `rethinktiny.dtypes`); source (or auto) keeps the source's.
         learn_steps: optimisation steps of the learnable masks.
         micro_rows: calibration rows per forward/backward call (bounds attention memory).
+        calib_tokenizer: tokenizer for a text `calib` (default: the one next to the source,
+            `rethinktiny.tokenizer.find_tokenizer`).
     Returns:
         `dst`.
     """
@@ -193,8 +197,9 @@ def inherit(src: str | Path, target: str | ModelConfig, dst: str | Path, layers:
     check_target_fits(cfg, target_cfg, token_map_given=vocab is not None)
     if is_explicit_list(layers):
         parse_layer_list(layers, cfg.num_layers, target_cfg.num_layers)  # fail before calibration work
-    calibration = (calibration_batches(calib, calib_tokens, calib_seq_len, seed, cfg.vocab_size, vocab)
-                   if calib is not None else None)
+    calib_tokenizer = calib_tokenizer or find_tokenizer(source.path, src)
+    calibration = (calibration_batches(calib, calib_tokens, calib_seq_len, seed, cfg.vocab_size, vocab,
+                                       calib_tokenizer) if calib is not None else None)
     influence = block_influence(source, calibration.ids, micro_rows) if calibration is not None else None
     kept_layers = choose_layers(layers, cfg.num_layers, target_cfg.num_layers, influence)
     scores = width_scores(width, source, kept_layers, target_cfg, calibration, vocab, seed, learn_steps, micro_rows)
@@ -202,7 +207,8 @@ def inherit(src: str | Path, target: str | ModelConfig, dst: str | Path, layers:
     args = dict(src=str(src), target=target if isinstance(target, str) else target_cfg.to_dict(), dst=str(dst),
                 layers=layers, width=width, calib=str(calib) if calib else None, calib_tokens=calib_tokens,
                 calib_seq_len=calib_seq_len, token_map=str(token_map) if token_map else None, dtype=dtype,
-                learn_steps=learn_steps, micro_rows=micro_rows)
+                learn_steps=learn_steps, micro_rows=micro_rows,
+                calib_tokenizer=str(calib_tokenizer) if calib_tokenizer and is_text_calibration(calib) else None)
     with output_dir(dst, force) as tmp:
         state = gather_target(source, plan, parse_dtype(dtype, keep=True))
         save_model_only(tmp, state, target_cfg)
