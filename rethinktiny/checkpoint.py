@@ -32,7 +32,9 @@ from rethinktiny.errors import UserError
 
 SHARD_RE = re.compile(r"^model_tp(\d+)_pp(\d+)\.pt$")
 LAYER_RE = re.compile(r"^layers\.(\d+)\.(.+)$")
-COLUMN_PARALLEL = ("attention.wq.", "attention.wk.", "attention.wv.", "feed_forward.w1.", "feed_forward.w3.")
+# attention.wqkv: InternLM2's fused q/k/v, split by whole kv groups (`InternEvo` chunks it along dim 0)
+COLUMN_PARALLEL = ("attention.wq.", "attention.wk.", "attention.wv.", "attention.wqkv.", "feed_forward.w1.",
+                   "feed_forward.w3.")
 ROW_PARALLEL_WEIGHTS = ("attention.wo.weight", "feed_forward.w2.weight")
 MODEL_CONFIG_JSON = "model_config.json"
 
@@ -195,6 +197,17 @@ def _read_internevo_model_config(path: Path) -> dict[str, Any]:
             raise UserError(f"{path}: not a torch-saved file")
         with archive.open(pkl_names[0]) as f:
             return dict(_ConfigUnpickler(f).load())
+
+
+def read_internevo_entry(folder: str | Path) -> dict[str, Any] | None:
+    """The raw `model=dict(...)` InternEvo saved as `model_config.pt` in `folder`, or None."""
+    path = Path(folder) / "model_config.pt"
+    if not path.exists():
+        return None
+    try:
+        return _read_internevo_model_config(path)
+    except (pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise UserError(f"{path}: cannot read ({err})") from None
 
 
 def read_model_config(folder: str | Path, required: bool = True) -> ModelConfig | None:

@@ -114,11 +114,11 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.layer_idx = layer_idx
-        bias = cfg.attention_bias
-        self.wq = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=bias)
-        self.wk = nn.Linear(cfg.hidden_size, cfg.kv_dim, bias=bias)
-        self.wv = nn.Linear(cfg.hidden_size, cfg.kv_dim, bias=bias)
-        self.wo = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=bias)
+        biased = cfg.biased_projections  # all four (InternEvo no_bias=False), q/k/v only (Qwen2), none
+        self.wq = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias="wq" in biased)
+        self.wk = nn.Linear(cfg.hidden_size, cfg.kv_dim, bias="wk" in biased)
+        self.wv = nn.Linear(cfg.hidden_size, cfg.kv_dim, bias="wv" in biased)
+        self.wo = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias="wo" in biased)
         if cfg.aug_shortcuts:
             self.shortcuts = nn.ModuleList(AugmentedShortcut(cfg) for _ in range(cfg.aug_shortcuts))
 

@@ -1,4 +1,4 @@
-"""rethinktiny convert to-hf | to-gguf | from-hf"""
+"""rethinktiny convert to-hf | to-gguf | from-hf | from-gguf"""
 
 from __future__ import annotations
 
@@ -53,6 +53,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing --dst")
     p.set_defaults(func=_from_hf)
 
+    p = sub.add_parser("from-gguf", help="GGUF file (llama/qwen2; F32, F16, Q8_0, Q4_0, Q4_1, ...) -> InternEvo "
+                                         "model-only checkpoint")
+    p.add_argument("--src", required=True, help="the .gguf file")
+    p.add_argument("--dst", required=True, help="output folder (model_tp0_pp0.pt + model_config.json)")
+    p.add_argument("--dtype", default="auto", type=dtype_argument(keep=True),
+                   help=f"weight dtype of the checkpoint: {dtype_help(keep=True)} (auto: float16 when every "
+                        "tensor is F16, else float32; quantized tensors are dequantized)")
+    p.add_argument("--force", action="store_true", help="replace an existing --dst")
+    p.set_defaults(func=_from_gguf)
+
 
 def _to_hf(args: argparse.Namespace) -> None:
     from rethinktiny.convert.export import to_hf
@@ -81,4 +91,11 @@ def _from_hf(args: argparse.Namespace) -> None:
     from rethinktiny.convert.import_hf import from_hf
 
     dst = from_hf(args.src, args.dst, dtype=args.dtype, force=args.force)
+    print(f"wrote InternEvo checkpoint to {dst}")
+
+
+def _from_gguf(args: argparse.Namespace) -> None:
+    from rethinktiny.convert.gguf_read import from_gguf
+
+    dst = from_gguf(args.src, args.dst, dtype=args.dtype, force=args.force)
     print(f"wrote InternEvo checkpoint to {dst}")

@@ -9,7 +9,8 @@ from rethinktiny.dtypes import dtype_argument, dtype_help
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--src", required=True,
-                        help="InternEvo checkpoint folder (any tp/pp) or Hugging Face LLaMA-family folder")
+                        help="InternEvo checkpoint folder (ours, LLAMA2 or INTERNLM2; any tp/pp), Hugging Face folder "
+                             "(llama, mistral, qwen2, internlm2) or .gguf file (llama, qwen2)")
     parser.add_argument("--target", required=True, help="preset name or InternEvo config file (model=dict(...))")
     parser.add_argument("--dst", required=True, help="output model-only folder (InternEvo ckpt_type='inherited')")
     parser.add_argument("--layers", default="first-last",

@@ -2,8 +2,11 @@
 
 The files are written as plain JSON (no transformers import) with the keys both transformers 4.x
 (`rope_theta`, `torch_dtype`) and 5.x (`rope_parameters`, `dtype`) read, so an export loads with
-either. Reading accepts the LLaMA family whose forward is exactly ours: RMSNorm, SiLU-gated MLP
-without biases, plain RoPE (no scaling), optional q/k/v/o biases, GQA.
+either; a model with q/k/v biases only is written as `Qwen2ForCausalLM` (Llama has no such
+option). Reading accepts the LLaMA family whose forward is exactly ours: RMSNorm, SiLU-gated MLP
+without biases, plain RoPE (no scaling), optional q/k/v/o biases, GQA: `llama`, `mistral`
+(without a sliding window), `qwen2` (q/k/v biases) and `internlm2` (the remote-code
+`InternLM2ForCausalLM`, read from its documented config keys; its code is never run).
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from rethinktiny.config import ModelConfig
+from rethinktiny.convert.keys import HF_INTERNLM2_LAYOUT, HF_LLAMA_LAYOUT, Layout
 from rethinktiny.errors import UserError
 
-# Architectures whose weights and forward equal LlamaForCausalLM's (Mistral only without a
-# sliding window, which changes attention).
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
-SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+# Architectures whose forward equals LlamaForCausalLM's (Mistral and Qwen2 only without a sliding
+# window, which changes attention). model_type -> architecture.
+SUPPORTED: dict[str, str] = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                             "qwen2": "Qwen2ForCausalLM", "internlm2": "InternLM2ForCausalLM"}
+SUPPORTED_ARCHITECTURES = tuple(SUPPORTED.values())
+SUPPORTED_MODEL_TYPES = tuple(SUPPORTED)
 
 
 def require_llama_equivalent(cfg: ModelConfig, source: str) -> None:
@@ -44,7 +50,7 @@ def llama_config_dict(cfg: ModelConfig, dtype_name: str, max_position_embeddings
         max_position_embeddings: the context length HF tools assume.
         bos_id, eos_id, pad_id: special token ids (None when the tokenizer has none).
     """
-    return {
+    body = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "vocab_size": cfg.vocab_size,
@@ -73,6 +79,14 @@ def llama_config_dict(cfg: ModelConfig, dtype_name: str, max_position_embeddings
         "torch_dtype": dtype_name,
         "dtype": dtype_name,
     }
+    if cfg.qkv_bias:
+        # Qwen2 is Llama with biases on q/k/v and none on o; its sliding window stays off.
+        body.update(architectures=["Qwen2ForCausalLM"], model_type="qwen2", use_sliding_window=False,
+                    sliding_window=None, max_window_layers=cfg.num_layers)
+        body.pop("attention_bias")
+        body.pop("mlp_bias")
+        body.pop("pretraining_tp")
+    return body
 
 
 def generation_config_dict(bos_id: int | None, eos_id: int | None, pad_id: int | None) -> dict[str, Any]:
@@ -96,19 +110,41 @@ def read_hf_config(folder: Path) -> dict[str, Any]:
     return data
 
 
-def _check_architecture(data: dict[str, Any], source: str) -> None:
+def hf_model_type(data: dict[str, Any], source: str) -> str:
+    """The supported `model_type` of a config.json body (from `architectures` when it has none)."""
     architectures = data.get("architectures") or []
     model_type = data.get("model_type")
     if model_type is not None and model_type not in SUPPORTED_MODEL_TYPES:
         # transformers builds the model from model_type, whatever `architectures` says
         raise UserError(f"{source}: unsupported architecture model_type={model_type!r}; supported: "
                         f"{', '.join(SUPPORTED_MODEL_TYPES)}")
-    if not any(a in SUPPORTED_ARCHITECTURES for a in architectures) and model_type not in SUPPORTED_MODEL_TYPES:
-        found = architectures[0] if architectures else model_type
-        raise UserError(f"{source}: unsupported architecture {found!r}; supported: "
-                        f"{', '.join(SUPPORTED_ARCHITECTURES)}")
-    if data.get("sliding_window") not in (None, 0):
-        raise UserError(f"{source}: sliding_window={data['sliding_window']} attention has no equivalent here")
+    if model_type is None:
+        known = [t for t, arch in SUPPORTED.items() if arch in architectures]
+        if not known:
+            found = architectures[0] if architectures else None
+            raise UserError(f"{source}: unsupported architecture {found!r}; supported: "
+                            f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+        model_type = known[0]
+    return model_type
+
+
+def sliding_window(data: dict[str, Any]) -> int | None:
+    """The sliding attention window the model really uses, or None. Qwen2 configs carry a
+    `sliding_window` value that only `use_sliding_window: true` turns on."""
+    window = data.get("sliding_window")
+    if data.get("model_type") == "qwen2" and not data.get("use_sliding_window", False):
+        window = None
+    if "sliding_attention" in (data.get("layer_types") or []):
+        window = window or -1
+    return window or None
+
+
+def _check_architecture(data: dict[str, Any], source: str) -> str:
+    model_type = hf_model_type(data, source)
+    window = sliding_window(data)
+    if window is not None:
+        raise UserError(f"{source}: sliding_window={data.get('sliding_window')} attention has no equivalent here")
+    return model_type
 
 
 def scaled_rope(data: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
@@ -148,6 +184,20 @@ def _check_block(data: dict[str, Any], heads: int, source: str) -> None:
                         f"({data['hidden_size']}/{heads}) is not supported")
 
 
+def _biases(model_type: str, data: dict[str, Any]) -> dict[str, bool]:
+    """Which attention projections have biases, in each family's own config key."""
+    if model_type == "qwen2":
+        return {"qkv_bias": True}  # Qwen2Attention: q/k/v always biased, o never
+    if model_type == "internlm2":
+        return {"attention_bias": bool(data.get("bias", True))}  # InternLM2Config's default
+    return {"attention_bias": bool(data.get("attention_bias", False))}
+
+
+def hf_layout(data: dict[str, Any], source: str) -> Layout:
+    """The key layout of an HF folder's weights (InternLM2's fused wqkv or the LLaMA names)."""
+    return HF_INTERNLM2_LAYOUT if hf_model_type(data, source) == "internlm2" else HF_LLAMA_LAYOUT
+
+
 def model_config_from_hf(data: dict[str, Any], source: str) -> ModelConfig:
     """ModelConfig (a PANGU_PI_PRO shape) of an HF LLaMA-family `config.json` body.
 
@@ -155,7 +205,7 @@ def model_config_from_hf(data: dict[str, Any], source: str) -> ModelConfig:
         data: parsed config.json.
         source: file name for error messages.
     """
-    _check_architecture(data, source)
+    model_type = _check_architecture(data, source)
     try:
         heads = int(data["num_attention_heads"])
         _check_block(data, heads, source)
@@ -169,7 +219,7 @@ def model_config_from_hf(data: dict[str, Any], source: str) -> ModelConfig:
             tie_embeddings=bool(data.get("tie_word_embeddings", False)),
             norm_eps=float(data.get("rms_norm_eps", 1e-6)),
             rope_theta=_rope_theta(data, source),
-            attention_bias=bool(data.get("attention_bias", False)),
+            **_biases(model_type, data),
             name="hf_import",
         )
     except KeyError as err:

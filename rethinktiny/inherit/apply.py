@@ -113,10 +113,12 @@ def build_plan(scores: WidthScores, source: Source, target: ModelConfig, layers:
 
 def _option_notes(source: ModelConfig, target: ModelConfig) -> list[str]:
     notes = []
-    if source.attention_bias and not target.attention_bias:
-        notes.append("source attention biases dropped: the target has none")
-    if target.attention_bias and not source.attention_bias:
-        notes.append("target attention biases set to zero: the source has none")
+    dropped = [p for p in source.biased_projections if p not in target.biased_projections]
+    zeroed = [p for p in target.biased_projections if p not in source.biased_projections]
+    if dropped:
+        notes.append(f"source {'/'.join(dropped)} biases dropped: the target has none")
+    if zeroed:
+        notes.append(f"target {'/'.join(zeroed)} biases set to zero: the source has none")
     if source.series_terms and not target.series_terms:
         notes.append("source series-informed activation dropped: the target uses plain SiLU")
     if source.aug_shortcuts > target.aug_shortcuts:

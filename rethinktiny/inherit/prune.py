@@ -135,8 +135,8 @@ def prune_layer(tensors: dict[str, torch.Tensor], keep: LayerKeep, plan: KeepPla
         "feed_forward.w3.weight": _gather(tensors["feed_forward.w3.weight"], keep.ffn, hid),
         "feed_forward.w2.weight": _gather(tensors["feed_forward.w2.weight"], hid, keep.ffn),
     }
-    if target.attention_bias:
-        out.update(_attention_biases(tensors, q_rows, kv_rows, hid))
+    if target.biased_projections:
+        out.update(_attention_biases(tensors, q_rows, kv_rows, hid, target.biased_projections))
     if target.series_terms:
         for name in ("feed_forward.series_scale", "feed_forward.series_shift"):
             out[name] = tensors[name].clone()
@@ -147,12 +147,14 @@ def prune_layer(tensors: dict[str, torch.Tensor], keep: LayerKeep, plan: KeepPla
 
 
 def _attention_biases(tensors: dict[str, torch.Tensor], q_rows: torch.Tensor, kv_rows: torch.Tensor,
-                      hid: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Gathered biases; a source without biases gives zeros (the same function as no bias)."""
+                      hid: torch.Tensor, projections: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Gathered biases of the target's biased `projections`; a source without biases gives zeros
+    (the same function as no bias)."""
     dtype = tensors["attention.wq.weight"].dtype
     rows = {"wq": q_rows, "wk": kv_rows, "wv": kv_rows, "wo": hid}
     out = {}
-    for proj, index in rows.items():
+    for proj in projections:
+        index = rows[proj]
         name = f"attention.{proj}.bias"
         out[name] = _gather(tensors[name], index) if name in tensors else torch.zeros(len(index), dtype=dtype)
     return out

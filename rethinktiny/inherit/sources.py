@@ -1,13 +1,17 @@
 """Checkpoints to inherit from, behind one lazy interface with our (InternEvo LLAMA2) names.
 
-Two kinds of source:
+Four kinds of source:
 - an InternEvo checkpoint folder (our model types or InternEvo LLAMA2, any tp/pp layout), read
   through `rethinktiny.checkpoint.InternEvoCheckpoint`;
-- a Hugging Face LLaMA-family folder (`config.json` plus `model.safetensors`, sharded safetensors
-  with `model.safetensors.index.json`, or `pytorch_model*.bin`), read lazily with
-  `safetensors.safe_open` or `torch.load(weights_only=True, mmap=True)` (the converter's
-  `HFWeights`). Names are mapped to ours and the q/k rows permuted from HF's rotate-half RoPE
-  layout to our interleaved pairs with the converter's key table (`rethinktiny.convert.keys`).
+- an InternEvo INTERNLM2 / INTERNLM2_PUBLIC checkpoint (fused `attention.wqkv`, any tp/pp
+  layout), recognised by that name;
+- a Hugging Face LLaMA-family folder (llama, mistral, qwen2, internlm2: `config.json` plus
+  `model.safetensors`, sharded safetensors with `model.safetensors.index.json`, or
+  `pytorch_model*.bin`), read lazily with `safetensors.safe_open` or
+  `torch.load(weights_only=True, mmap=True)` (the converter's `HFWeights`);
+- a GGUF file (llama or qwen2 architecture), dequantized tensor by tensor with `gguf`.
+Names are mapped to ours, fused wqkv split and q/k rows put from rotate-half RoPE order into our
+interleaved pairs with the converter's layouts (`rethinktiny.convert.keys.MappedWeights`).
 
 Both hand out one tensor (or one layer) at a time. Memory-mapped pages stay in the process's
 resident set once touched, so after each layer the caller calls `release()`, which tells the
@@ -25,10 +29,12 @@ from typing import Any
 
 import torch
 
-from rethinktiny.checkpoint import InternEvoCheckpoint, find_step_folder, read_model_config
-from rethinktiny.config import ModelConfig
-from rethinktiny.convert.hf_config import model_config_from_hf, read_hf_config, rope_base, scaled_rope
-from rethinktiny.convert.keys import IGNORED_HF_SUFFIXES, half_to_interleaved, hf_to_ours, rotary_heads
+from rethinktiny.checkpoint import (InternEvoCheckpoint, find_step_folder, load_tensor_file, read_internevo_entry,
+                                    read_model_config)
+from rethinktiny.config import ModelConfig, from_internevo
+from rethinktiny.convert.hf_config import (hf_layout, model_config_from_hf, read_hf_config, rope_base, scaled_rope,
+                                           sliding_window)
+from rethinktiny.convert.keys import INTERNEVO_INTERNLM2, Layout, MappedWeights
 from rethinktiny.convert.safetensors_io import HFWeights
 from rethinktiny.errors import UserError
 from rethinktiny.model import parameter_shapes
@@ -54,9 +60,9 @@ def hf_config_to_model_config(hf: dict[str, Any], source: str = "config.json") -
         notes.append(f"source rope scaling {scaled[1]} ignored: the target uses plain RoPE")
         relaxed["rope_scaling"] = None
         relaxed["rope_parameters"] = {"rope_type": "default", "rope_theta": rope_base(hf)}
-    if hf.get("sliding_window"):
-        notes.append(f"source sliding_window={hf['sliding_window']} ignored: the target uses full attention")
-        relaxed["sliding_window"] = None
+    if sliding_window(hf) is not None:
+        notes.append(f"source sliding_window={hf.get('sliding_window')} ignored: the target uses full attention")
+        relaxed.update(sliding_window=None, use_sliding_window=False, layer_types=None)
     return model_config_from_hf(relaxed, source), notes
 
 
@@ -178,9 +184,21 @@ class InternEvoSource(Source):
         return super().tensor(name)
 
 
-class HFSource(Source):
-    """A Hugging Face LLaMA-family folder (safetensors or .bin shards, GQA), read through the
-    converter's lazy `HFWeights`, names and q/k rows mapped with its key table.
+class MappedSource(Source):
+    """A source whose tensors come through the converter's `MappedWeights` (foreign names)."""
+
+    def __init__(self, path: Path, mapped: MappedWeights, files: list[Path], notes: list[str]) -> None:
+        super().__init__(path, mapped.cfg, files, notes)
+        self.mapped = mapped
+        self._check_names(set(mapped.names()), str(path))
+
+    def _read(self, name: str) -> torch.Tensor:
+        return self.mapped.tensor(name)
+
+
+class HFSource(MappedSource):
+    """A Hugging Face LLaMA-family folder (llama, mistral, qwen2, internlm2; safetensors or .bin
+    shards, GQA), read through the converter's lazy `HFWeights` and the folder's key layout.
 
     Args:
         path: folder with config.json and the weight files.
@@ -190,38 +208,92 @@ class HFSource(Source):
 
     def __init__(self, path: str | Path) -> None:
         folder = Path(path)
-        config, notes = hf_config_to_model_config(read_hf_config(folder), str(folder / "config.json"))
-        self.weights = HFWeights(folder)
-        super().__init__(folder, config, self.weights.files, notes)
-        self._hf_names: dict[str, str] = {}  # our name -> HF name
-        for hf_name in self.weights.keys():
-            if hf_name.endswith(IGNORED_HF_SUFFIXES):
-                continue
-            ours = hf_to_ours(hf_name)
-            if ours is None:
-                raise UserError(f"{self.weights.file_of(hf_name)}: unknown architecture: parameter {hf_name} "
-                                "has no LLaMA counterpart")
-            self._hf_names[ours] = hf_name
-        if config.tie_embeddings and "output.weight" not in self._hf_names:
-            self._hf_names["output.weight"] = "model.embed_tokens.weight"
-        self._check_names(set(self._hf_names), str(folder))
+        data = read_hf_config(folder)
+        config, notes = hf_config_to_model_config(data, str(folder / "config.json"))
+        weights = HFWeights(folder)
+        mapped = MappedWeights(weights, hf_layout(data, str(folder / "config.json")), config, str(folder))
+        super().__init__(folder, mapped, weights.files, notes)
 
-    def _read(self, name: str) -> torch.Tensor:
-        t = self.weights.tensor(self._hf_names[name])
-        heads = rotary_heads(name, self.config.num_attention_heads, self.config.num_kv_heads)
-        return t if heads is None else half_to_interleaved(t, heads)
+
+class InternLM2Source(MappedSource):
+    """An InternEvo INTERNLM2 / INTERNLM2_PUBLIC checkpoint (fused `attention.wqkv`, any tp/pp).
+
+    Its q/k rows are in HF's rotate_half order unless the model entry says `adapt_hf=False`
+    (InternEvo 0.4.9) or `qk_interleaved=True` (0.5.x); both default to rotate_half.
+
+    Args:
+        path: step folder or its parent.
+        config: the model shape when the folder has no model_config.pt (the rotary order is then
+            InternEvo's default, rotate_half).
+    """
+
+    kind = "internevo-internlm2"
+
+    def __init__(self, path: str | Path, config: ModelConfig | None = None) -> None:
+        folder = find_step_folder(path)
+        notes = []
+        entry = read_internevo_entry(folder)
+        if config is None and entry is None:
+            raise UserError(f"{folder}: INTERNLM2 checkpoint without model_config.pt; pass --src-config")
+        entry = dict(entry or {})
+        rotate_half = bool(entry.pop("adapt_hf", True)) and not bool(entry.pop("qk_interleaved", False))
+        _check_internlm2_entry(entry, str(folder / "model_config.pt"))
+        if entry.pop("use_dynamic_ntk_rope", False):
+            notes.append("source dynamic NTK RoPE ignored: the target uses plain RoPE")
+        config = config or from_internevo(entry, source=str(folder / "model_config.pt"))
+        ckpt = InternEvoCheckpoint(folder, config=config)
+        layout = Layout("internevo internlm2", INTERNEVO_INTERNLM2, rotate_half=rotate_half, ignored_suffixes=())
+        files = sorted(p for p in folder.iterdir() if p.name.startswith("model_tp") and p.suffix == ".pt")
+        super().__init__(folder, MappedWeights(ckpt, layout, config, str(folder)), files, notes)
+
+
+def _check_internlm2_entry(entry: dict[str, Any], source: str) -> None:
+    """Refuse INTERNLM2 options that change the function in ways our model cannot follow."""
+    for key, allowed in (("mlp_layer_fusion", False), ("norm_head", False), ("apply_post_layer_norm", False),
+                         ("norm_type", "rmsnorm"), ("use_swiglu", True), ("is_reward", False)):
+        value = entry.pop(key, allowed)
+        if value != allowed:
+            raise UserError(f"{source}: INTERNLM2 with {key}={value!r} is not supported (only {key}={allowed!r})")
+
+
+def is_internlm2_checkpoint(folder: Path) -> bool:
+    """InternEvo's INTERNLM2 models fuse q/k/v into `attention.wqkv` (LLAMA2 and ours do not)."""
+    first = sorted(p for p in folder.iterdir() if p.name.startswith("model_tp") and p.suffix == ".pt")[0]
+    return any(".attention.wqkv." in name for name in load_tensor_file(first))
+
+
+class GGUFSource(MappedSource):
+    """A GGUF file (llama or qwen2 architecture), tensors dequantized one at a time.
+
+    Args:
+        path: the .gguf file.
+    """
+
+    kind = "gguf"
+
+    def __init__(self, path: str | Path) -> None:
+        from rethinktiny.convert.gguf_read import open_gguf
+
+        path = Path(path)
+        mapped, notes = open_gguf(path, strict=False)
+        super().__init__(path, mapped, [path], notes)
 
 
 def open_source(path: str | Path, config: ModelConfig | None = None) -> Source:
-    """Open an InternEvo checkpoint folder or a Hugging Face folder (told apart by config.json).
+    """Open an InternEvo checkpoint folder, a Hugging Face folder (told apart by config.json) or a
+    GGUF file.
 
     Args:
-        path: the source folder.
+        path: the source folder or .gguf file.
         config: shape of an InternEvo checkpoint that carries no model config file.
     """
     path = Path(path)
+    if path.suffix == ".gguf":
+        return GGUFSource(path)
     if not path.is_dir():
         raise UserError(f"{path}: source folder not found")
     if (path / "config.json").exists():
         return HFSource(path)
+    if is_internlm2_checkpoint(find_step_folder(path)):
+        return InternLM2Source(path, config)
     return InternEvoSource(path, config)

@@ -124,16 +124,16 @@ def test_missing_hf_shard_and_unknown_architecture(tmp_path):
     state = {k: v.contiguous() for k, v in hf.state_dict().items()}
     state["model.layers.0.self_attn.qkv_proj.weight"] = torch.zeros(2, 2)
     save_file(state, tmp_path / "extra" / "model.safetensors")
-    with pytest.raises(UserError, match="unknown architecture: parameter model.layers.0.self_attn.qkv_proj"):
+    with pytest.raises(UserError, match="unknown architecture: tensor model.layers.0.self_attn.qkv_proj"):
         inherit(tmp_path / "extra", "tiny", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_unknown_internevo_architecture_is_named(tmp_path):
     state = PanGuPi(CFG).state_dict()
-    state["layers.0.attention.wqkv.weight"] = state.pop("layers.0.attention.wq.weight")
+    state["layers.0.attention.qkv_proj.weight"] = state.pop("layers.0.attention.wq.weight")
     save_model_only(tmp_path / "ckpt", state, CFG)
-    with pytest.raises(UserError, match="unknown architecture: parameter layers.0.attention.wqkv.weight"):
+    with pytest.raises(UserError, match="unknown architecture: parameter layers.0.attention.qkv_proj.weight"):
         open_source(tmp_path / "ckpt")
 
 
