@@ -89,12 +89,17 @@ model = dict(
     layer_norm_epsilon=1e-05,
     rope_base=10000.0,
     no_bias=True,
+    mlp_ratio=2.7142857142857144,  # = intermediate_size / hidden_size
     checkpoint=False,  # activation checkpointing: True/False or the share of layers in [0, 1]
     dtype="torch.bfloat16",  # "torch.bfloat16", "torch.float16", "torch.float32", "torch.tf32"
     embed_split_hidden=True,
     embed_grad_scale=1,
     parallel_output=False,
     norm_type="rmsnorm",
+    apply_post_layer_norm=False,  # pre-norm blocks; InternEvo's newest model builder requires the key
+    # RoPE layout of wq/wk rows: channels (2i, 2i+1) of a head form a rotated pair. InternEvo's
+    # newest default is False (rotate-half); the key also records the layout in every checkpoint.
+    qk_interleaved=True,
     # InternEvo ties packed data to this flag. rethinktiny's model keeps attention inside each
     # document of a packed row: flash-attn's varlen kernel when installed, torch SDPA otherwise.
     use_flash_attn=True,

@@ -71,6 +71,7 @@ model = dict(
     num_attention_heads=4,
     num_kv_attention_heads=2,
     intermediate_size=352,
+    mlp_ratio=352 / 128,  # InternEvo's FLOPs figure reads it; our builder uses intermediate_size
     vocab_size=4096,
     no_bias=True,
     layer_norm_epsilon=1e-5,
@@ -81,6 +82,10 @@ model = dict(
     embed_grad_scale=1,
     parallel_output=False,
     norm_type="rmsnorm",
+    apply_post_layer_norm=False,  # pre-norm blocks (InternEvo's model builder reads this key)
+    # RoPE layout: q/k channels (2i, 2i+1) form a rotated pair. InternEvo's newest default is
+    # False (rotate-half); this records our layout in every checkpoint's model_config.pt.
+    qk_interleaved=True,
     # InternEvo ties packed data to this flag; rethinktiny's model attends within documents of a
     # packed row with flash-attn when installed and torch SDPA otherwise (so it also runs on CPU).
     use_flash_attn=True,
@@ -94,7 +99,7 @@ parallel = dict(
     weight=dict(size=1, overlap=False, memory_pool=False),
 )
 
-enable_tb = False
+enable_tb = False  # True: TensorBoard events in tensorboard_folder (default <save_ckpt_folder>/tensorboard)
 cudnn_deterministic = False
 cudnn_benchmark = False
 monitor = dict(alert=dict(enable_feishu_alert=False, feishu_alert_address=None, light_monitor_address=None,

@@ -13,6 +13,10 @@ full tensors one name at a time, so a 7B checkpoint can be read layer by layer:
 The model shape comes from `model_config.json` (written by this project next to every checkpoint
 it saves) or from InternEvo's own `model_config.pt`, read with a restricted unpickler that only
 admits plain containers and torch dtypes.
+
+RoPE layout: both files record how the q/k rows of each head are ordered (`qk_interleaved`, see
+`read_qk_interleaved`). Tensors are always handed out in our layout (interleaved pairs): wq/wk
+rows of a rotate-half checkpoint (the newest InternEvo's LLAMA2 default) are reordered on read.
 """
 
 from __future__ import annotations
@@ -97,6 +101,7 @@ class InternEvoCheckpoint:
         self._layer_offsets = self._pp_layer_offsets()
         self._index = self._build_index()
         self.config = config if config is not None else read_model_config(self.folder, required=False)
+        self.qk_interleaved = read_qk_interleaved(self.folder)
 
     def _pp_layer_offsets(self) -> list[int]:
         offsets, total = [], 0
@@ -134,7 +139,20 @@ class InternEvoCheckpoint:
             raise KeyError(name)
         p, local = self._index[name]
         parts = [self._shards[(t, p)][local] for t in range(self.tp_size)]
-        return merge_tp_parts(name, parts, self._hidden_size())
+        merged = merge_tp_parts(name, parts, self._hidden_size())
+        return merged if self.qk_interleaved else self._rotate_half_to_ours(name, merged)
+
+    def _rotate_half_to_ours(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        from rethinktiny.convert.keys import half_to_interleaved, rotary_heads
+
+        if not (name.endswith(("attention.wq.weight", "attention.wq.bias", "attention.wk.weight",
+                               "attention.wk.bias"))):
+            return tensor
+        if self.config is None:
+            raise UserError(f"{self.folder}: {QK_LAYOUT_KEY}=False (rotate-half q/k rows) and no model config "
+                            "gives the head counts to reorder them; pass the model config")
+        heads = rotary_heads(name, self.config.num_attention_heads, self.config.num_kv_heads)
+        return half_to_interleaved(tensor, heads)
 
     def _hidden_size(self) -> int:
         if self.config is not None:
@@ -210,6 +228,35 @@ def read_internevo_entry(folder: str | Path) -> dict[str, Any] | None:
         raise UserError(f"{path}: cannot read ({err})") from None
 
 
+# The q/k rotary layout of a checkpoint, in InternEvo's own key: True = channels (2i, 2i+1) of a
+# head are a rotated pair (ours; InternEvo 0.4.x's LLAMA2/InternLM), False = (i, i + head_dim/2)
+# (HF's rotate_half; the newest InternEvo's default). InternEvo 0.4.x spelled False `adapt_hf=True`.
+QK_LAYOUT_KEY = "qk_interleaved"
+
+
+def qk_interleaved_of(entry: dict[str, Any], source: str) -> bool:
+    """The layout a saved `model=dict(...)` (or our model_config.json) records; neither key: True
+    (what InternEvo 0.4.x, which saved neither, computed)."""
+    value = entry.get(QK_LAYOUT_KEY)
+    if value is not None and not isinstance(value, bool):
+        raise UserError(f"{source}: {QK_LAYOUT_KEY} must be True or False, got {value!r}")
+    if "adapt_hf" in entry:
+        if value is not None and value == bool(entry["adapt_hf"]):
+            raise UserError(f"{source}: {QK_LAYOUT_KEY}={value} contradicts adapt_hf={entry['adapt_hf']}")
+        return not bool(entry["adapt_hf"])
+    return True if value is None else value
+
+
+def read_qk_interleaved(folder: str | Path) -> bool:
+    """The q/k layout recorded in `folder` (model_config.json, else model_config.pt; neither: True)."""
+    folder = Path(folder)
+    ours = folder / MODEL_CONFIG_JSON
+    if ours.exists():
+        return qk_interleaved_of(json.loads(ours.read_text()), str(ours))
+    entry = read_internevo_entry(folder)
+    return True if entry is None else qk_interleaved_of(entry, str(folder / "model_config.pt"))
+
+
 def read_model_config(folder: str | Path, required: bool = True) -> ModelConfig | None:
     """The shape of the model saved in `folder`: `model_config.json` (ours) or InternEvo's
     `model_config.pt`."""
@@ -218,6 +265,7 @@ def read_model_config(folder: str | Path, required: bool = True) -> ModelConfig 
     if ours.exists():
         data = json.loads(ours.read_text())
         data.pop("model_type", None)
+        data.pop(QK_LAYOUT_KEY, None)
         return ModelConfig.from_dict(data, source=str(ours))
     theirs = folder / "model_config.pt"
     if theirs.exists():
@@ -231,7 +279,9 @@ def read_model_config(folder: str | Path, required: bool = True) -> ModelConfig 
 
 
 def write_model_config(folder: str | Path, cfg: ModelConfig) -> Path:
-    return write_json(Path(folder) / MODEL_CONFIG_JSON, {**cfg.to_dict(), "model_type": cfg.model_type})
+    """`model_config.json`: the shape, the model type and the q/k layout (always ours)."""
+    return write_json(Path(folder) / MODEL_CONFIG_JSON,
+                      {**cfg.to_dict(), "model_type": cfg.model_type, QK_LAYOUT_KEY: True})
 
 
 def save_model_only(folder: str | Path, state_dict: dict[str, torch.Tensor], cfg: ModelConfig) -> Path:

@@ -214,11 +214,8 @@ def from_internevo(model: dict[str, Any], source: str = "model") -> ModelConfig:
     `intermediate_size` wins over `mlp_ratio`; `num_kv_attention_heads` defaults to the head count;
     `no_bias` defaults to False as in InternEvo (so attention has biases unless told otherwise).
     """
-    if model.get("adapt_hf"):
-        # InternEvo LLAMA2 with adapt_hf=True keeps q/k rows in HF's rotate_half layout; our model
-        # (like InternEvo's default) uses interleaved pairs, so those weights would be rotated wrongly.
-        raise UserError(f"{source}: adapt_hf=True (HF rotary layout) is not supported; "
-                        "convert such checkpoints through Hugging Face format (rethinktiny convert from-hf)")
+    # The q/k rotary layout (`qk_interleaved` / `adapt_hf`) is not part of the shape: checkpoint
+    # readers reorder rotate-half rows (rethinktiny.checkpoint), the model builder refuses it.
     try:
         hidden = int(model["hidden_size"])
         heads = int(model["num_attention_heads"])

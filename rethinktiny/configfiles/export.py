@@ -47,6 +47,9 @@ def _literal(value) -> str:
 def _model_block(cfg: ModelConfig, opts: TrainOptions) -> str:
     shape = to_internevo(cfg)
     lines = [f"    {key}={_literal(value)}," for key, value in shape.items() if key != "mlp_ratio"]
+    # InternEvo's trainer reads mlp_ratio for its FLOPs figures (KeyError without it); the exact
+    # ratio, since our builders take the width from intermediate_size.
+    lines.append(f"    mlp_ratio={cfg.intermediate_size / cfg.hidden_size!r},  # = intermediate_size / hidden_size")
     return "\n".join(lines)
 
 
@@ -79,7 +82,9 @@ def _runtime_lines(opts: TrainOptions) -> dict[str, str]:
     if opts.cpu_ranks:
         return dict(launch=f"launch = dict(nproc_per_node={opts.cpu_ranks})  # CPU: no GPUs to count\n",
                     overlap="False", num_worker="    num_worker=0,  # CPU: loader worker processes only add start-up time\n",
-                    async_upload="False", enable_tb="enable_tb = False\n")
+                    async_upload="False",
+                    enable_tb="enable_tb = False  # True: TensorBoard events in tensorboard_folder "
+                              "(default <save_ckpt_folder>/tensorboard)\n")
     return dict(launch="", overlap="True", num_worker="", async_upload="True", enable_tb="")
 
 
@@ -197,6 +202,10 @@ model = dict(
     embed_grad_scale=1,
     parallel_output=False,
     norm_type="rmsnorm",
+    apply_post_layer_norm=False,  # pre-norm blocks; InternEvo's newest model builder requires the key
+    # RoPE layout of wq/wk rows: channels (2i, 2i+1) of a head form a rotated pair. InternEvo's
+    # newest default is False (rotate-half); the key also records the layout in every checkpoint.
+    qk_interleaved=True,
     # InternEvo ties packed data to this flag. rethinktiny's model keeps attention inside each
     # document of a packed row: flash-attn's varlen kernel when installed, torch SDPA otherwise.
     use_flash_attn=True,

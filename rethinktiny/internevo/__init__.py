@@ -5,7 +5,9 @@
 - the checkpoint-load type `"inherited"` (strict name/shape check);
 - the multi-round batch sampler (`data.sampler="multi_round"`) in InternEvo's train loader;
 - the CPU accelerator and gloo backend when CUDA is not available;
-- the work-arounds in `compat` (IPv4 init method, weights-only resume).
+- the work-arounds in `compat` (IPv4 init method, weights-only resume) and, through `api` (the
+  one module that knows how InternEvo versions differ), a non-zero exit status for InternEvo's own
+  `train.py` when training fails.
 It is safe to call any number of times.
 """
 
@@ -15,38 +17,16 @@ import torch
 
 from rethinktiny.config import MODEL_TYPE_PANGU_PI, MODEL_TYPE_PRO
 
-_state = "idle"  # idle -> running -> done; "running" stops re-entry from the import hook
-
-
-def _model_registries():
-    """(registry, style) for each InternEvo model registry layout that is importable."""
-    found = []
-    try:  # 0.4.x
-        from internlm.utils.registry import MODEL_INITIALIZER
-
-        found.append((MODEL_INITIALIZER, "decorator"))
-    except ImportError:
-        pass
-    try:  # newer layout: register_module(name, builder)
-        from internlm.model.registry import model_initializer
-
-        found.append((model_initializer, "direct"))
-    except ImportError:
-        pass
-    return found
+_state = "idle"  # idle -> running -> done (or back to idle after a failure); "running" stops re-entry
 
 
 def _register_models() -> None:
+    from rethinktiny.internevo import api
     from rethinktiny.internevo.builder import build_pangu_pi, build_pangu_pi_pro
 
-    for registry, style in _model_registries():
-        for name, builder in ((MODEL_TYPE_PRO, build_pangu_pi_pro), (MODEL_TYPE_PANGU_PI, build_pangu_pi)):
-            if registry.has(name):  # the registry asserts on duplicates
-                continue
-            if style == "decorator":
-                registry.register_module(module_name=name)(builder)
-            else:
-                registry.register_module(name, builder)
+    registry = api.model_registry()  # raises a one-line error when this InternEvo has none
+    for name, builder in ((MODEL_TYPE_PRO, build_pangu_pi_pro), (MODEL_TYPE_PANGU_PI, build_pangu_pi)):
+        api.register_model(registry, name, builder)
 
 
 def _register_load_type() -> None:
@@ -57,27 +37,42 @@ def _register_load_type() -> None:
     CheckpointLoadMethod.LOAD_TYPE_FUNC[LOAD_TYPE] = load_inherited
 
 
-def register() -> None:
-    """Register rethinktiny's models, load type and CPU support into InternEvo (idempotent)."""
-    global _state
-    if _state != "idle":
-        return
-    _state = "running"
+def _register_all() -> None:
     import internlm  # noqa: F401  (fires rethinktiny's import hook, which finds us running)
 
-    from rethinktiny.internevo import compat
+    from rethinktiny.internevo import api, compat
 
     compat.apply_all()
     if not torch.cuda.is_available():
         from rethinktiny.internevo.accelerator import install_cpu_accelerator
 
         install_cpu_accelerator()
+        api.prepare_cpu()
     _register_models()
     _register_load_type()
     from rethinktiny.internevo import sampler
 
     sampler.install()
-    _state = "done"
+    api.propagate_script_errors()
+
+
+def register() -> None:
+    """Register rethinktiny's models, load type and CPU support into InternEvo (idempotent).
+
+    Every step is idempotent, so a failure leaves `_state` idle and the next call redoes all of
+    them; the failure itself always propagates (a config that imports rethinktiny then fails to
+    load instead of training a model type that was never registered).
+    """
+    global _state
+    if _state != "idle":
+        return
+    _state = "running"
+    try:
+        _register_all()
+        _state = "done"
+    finally:
+        if _state != "done":
+            _state = "idle"
 
 
 # Importing this package imports InternEvo, which (through rethinktiny's import hook) calls

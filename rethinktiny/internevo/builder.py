@@ -1,8 +1,10 @@
 """Model builders InternEvo calls through its registry for `model_type="PANGU_PI_PRO"` / `"PANGU_PI"`.
 
-InternEvo's `initialize_model` calls the builder with the raw `model=dict(...)` entries of the
-config (plus any key of ours) and no device; the builder returns the model on the current device
-with InternEvo's parallel attribute on every parameter (its ZeRO optimizer asserts one is set).
+InternEvo calls the builder with the `model=dict(...)` entries of the config (plus any key of
+ours); the newest tree also passes `first`, `last`, `start_layer_idx` and `device` (its pipeline
+stage) and drops `use_flash_attn`, `apply_post_layer_norm`, `embed_split_hidden`. The builder returns the
+whole model on the current device with InternEvo's parallel attribute on every parameter (its
+ZeRO optimizer asserts one is set).
 """
 
 from __future__ import annotations
@@ -28,7 +30,20 @@ def _check_parallel_layout() -> None:
                             "use data parallel with zero1 (parallel.zero1.size)")
 
 
+# What the newest tree's create_model adds for a pipeline stage; one stage is the whole model here.
+_STAGE_KEYS = ("first", "last", "start_layer_idx", "device")
+
+
+def _check_rotary_layout(entry: dict[str, Any]) -> None:
+    # PanGuPi rotates interleaved q/k pairs; InternEvo's newest sanity check fills in
+    # qk_interleaved=False when a config omits it, which would describe a layout we do not compute.
+    if entry.get("qk_interleaved", True) is False or entry.get("adapt_hf", False):
+        raise UserError("model.qk_interleaved=False (or adapt_hf=True): PANGU_PI_PRO/PANGU_PI rotate interleaved "
+                        "q/k pairs; set model.qk_interleaved=True")
+
+
 def config_from_entry(entry: dict[str, Any], model_type: str) -> ModelConfig:
+    _check_rotary_layout(entry)
     cfg = from_internevo(entry, source="config model=dict(...)")
     if model_type == MODEL_TYPE_PRO and not cfg.is_pro:
         raise UserError(f"model_type {MODEL_TYPE_PRO} has no series activation or augmented shortcuts; "
@@ -39,7 +54,9 @@ def config_from_entry(entry: dict[str, Any], model_type: str) -> ModelConfig:
 def build_model(model_type: str, **entry: Any) -> torch.nn.Module:
     """Build `PanGuPi` for InternEvo from a `model=dict(...)` entry."""
     _check_parallel_layout()
-    cfg = config_from_entry(entry, model_type)
+    if entry.get("first", True) is not True or entry.get("last", True) is not True or entry.get("start_layer_idx", 0):
+        raise UserError(f"{model_type} builds the whole model; a pipeline stage was asked for")
+    cfg = config_from_entry({k: v for k, v in entry.items() if k not in _STAGE_KEYS}, model_type)
     if gpc.is_rank_for_log():
         print(f"[rethinktiny] building {model_type} {describe(cfg)}", flush=True)
     model = PanGuPi(cfg).to(get_current_device())

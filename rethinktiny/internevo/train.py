@@ -1,11 +1,18 @@
 """The training entry run in every rank (under torchrun or srun): InternEvo's real trainer.
 
-Built on InternEvo's public functions (launch, model/optimizer initialisation, data loader,
-checkpoint manager, trainer), not a copy of upstream's script. Differences that matter:
+Built on InternEvo's public functions (launch, model/optimizer initialisation, data loaders,
+checkpoint manager, trainer, validation), not a copy of upstream's script; where InternEvo
+versions differ, `rethinktiny.internevo.api` picks the call. Differences that matter:
 - an exception in any rank is logged with its rank and exits non-zero (InternEvo's script logs
   it and exits 0, so a scheduler thinks the job succeeded);
 - rank 0 prints one line per step (loss, lr, grad norm, tokens/s) and appends it to
   `<save_ckpt_folder>/train_metrics.jsonl`;
+- every `data.valid_every` steps, InternEvo's `evaluate_on_val_dls` runs on each data type of
+  `data.valid_folder`; its loss, perplexity and accuracy per type are printed and stored in that
+  step's record under `"valid"` (loss: mean over rank 0's batches, as InternEvo computes it;
+  perplexity and accuracy: over all data-parallel ranks);
+- with `enable_tb` (InternEvo's default), rank 0 writes TensorBoard events (`train/*`,
+  `valid/<type>/*`) to `tensorboard_folder`, else `<save_ckpt_folder>/tensorboard`;
 - every saved step folder also gets `model_config.json`, so tools read the shape without
   unpickling InternEvo's config.
 """
@@ -24,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from rethinktiny.configfiles.load import local_path
 from rethinktiny.errors import UserError
 
 
@@ -39,35 +47,93 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _local_folder(path: str | None) -> Path | None:
-    if not path:
-        return None
-    if path.startswith("local:"):
-        return Path(path[len("local:"):])
-    return None if ":" in path.split("/")[0] else Path(path)
-
-
 class StepLog:
-    """Rank 0's per-step line and the metrics file the demo's plots read."""
+    """Rank 0's per-step line, the metrics file the demo's plots read, and TensorBoard events."""
 
-    def __init__(self, save_folder: Path | None, tokens_per_step: int) -> None:
+    def __init__(self, save_folder: Path | None, tokens_per_step: int, tb_writer=None) -> None:
         self.path = save_folder / "train_metrics.jsonl" if save_folder else None
         self.tokens_per_step = tokens_per_step
+        self.tb_writer = tb_writer
         self.last_time = time.time()
 
-    def write(self, step: int, loss: float, lr: float, grad_norm: float, skipped: bool) -> None:
+    def write(self, step: int, loss: float, lr: float, grad_norm: float, skipped: bool,
+              valid: dict[str, dict[str, float]] | None = None) -> None:
         now = time.time()
         tokens_per_s = self.tokens_per_step / max(now - self.last_time, 1e-9)
         self.last_time = now
         record = {"step": step, "loss": round(loss, 6), "lr": lr, "grad_norm": round(grad_norm, 6),
                   "tokens": step * self.tokens_per_step, "tokens_per_s": round(tokens_per_s, 1),
                   "skipped": skipped}
+        if valid:
+            record["valid"] = valid
         print(f"[rethinktiny] step {step:>6} | loss {loss:.4f} | lr {lr:.3e} | grad_norm {grad_norm:.3f} "
               f"| {tokens_per_s:,.0f} tokens/s" + (" | update skipped" if skipped else ""), flush=True)
+        for data_type, figures in (valid or {}).items():
+            print(f"[rethinktiny] valid  {step:>6} | {data_type} | loss {figures['loss']:.4f} "
+                  f"| perplexity {figures['perplexity']:.2f} | acc {figures['acc']:.4f}", flush=True)
+        self._tensorboard(record)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def _tensorboard(self, record: dict) -> None:
+        if self.tb_writer is None:
+            return
+        step = record["step"]
+        for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
+            self.tb_writer.add_scalar(f"train/{key}", record[key], step)
+        for data_type, figures in record.get("valid", {}).items():
+            for key, value in figures.items():
+                self.tb_writer.add_scalar(f"valid/{data_type}/{key}", value, step)
+        self.tb_writer.flush()
+
+    def close(self) -> None:
+        if self.tb_writer is not None:
+            self.tb_writer.close()
+
+
+class ValidationFigures:
+    """Stands in for InternEvo's `Writer` in `evaluate_on_val_dls`: collects its scalars
+    (`val/<type>_loss`, `_acc`, `_plex`) as {type: {"loss", "acc", "perplexity"}}."""
+
+    NAMES = {"loss": "loss", "acc": "acc", "plex": "perplexity"}
+
+    def __init__(self) -> None:
+        self.figures: dict[str, dict[str, float]] = {}
+
+    def add_scalar(self, key: str, value, step: int) -> None:
+        if not key.startswith("val/"):
+            return
+        data_type, _, name = key[len("val/"):].rpartition("_")
+        if name in self.NAMES:
+            self.figures.setdefault(data_type, {})[self.NAMES[name]] = round(float(value), 6)
+
+
+def validate(trainer, val_dls, step: int) -> dict[str, dict[str, float]]:
+    """InternEvo's validation on every data type; figures on the logging rank, {} elsewhere."""
+    import logging
+
+    from internlm.eval.evaluation import evaluate_on_val_dls
+
+    figures = ValidationFigures()
+    # InternEvo's own validation log line would repeat ours; its logger here stays quiet.
+    evaluate_on_val_dls(trainer=trainer, val_dls=val_dls, writer=figures,
+                        logger=logging.getLogger("rethinktiny.internevo.validation"), step_count=step)
+    return figures.figures
+
+
+def _tensorboard_writer(cfg, save_folder: Path | None, start_step: int):
+    """rank 0's SummaryWriter when `enable_tb` is on (InternEvo's default), else None."""
+    if not cfg.get("enable_tb", True):
+        return None
+    folder = cfg.get("tensorboard_folder") or (save_folder / "tensorboard" if save_folder else None)
+    if folder is None:
+        raise UserError("enable_tb=True needs tensorboard_folder (or a local ckpt.save_ckpt_folder)")
+    from torch.utils.tensorboard import SummaryWriter
+
+    # purge_step: a resumed run drops events a crashed run wrote after its last checkpoint.
+    return SummaryWriter(log_dir=str(folder), purge_step=start_step + 1 if start_step else None)
 
 
 def _mean_over_data_parallel(value: torch.Tensor) -> float:
@@ -87,56 +153,75 @@ def _grad_norm(grad_norm_groups) -> float:
 def _write_step_model_config(folder: str, model_cfg) -> None:
     from rethinktiny.checkpoint import write_model_config
 
-    local = _local_folder(folder)
+    local = local_path(folder)
     if local is not None and local.is_dir():
         write_model_config(local, model_cfg)
 
 
 def run(config_path: str, overrides: list[str] = ()) -> None:
     """Train according to the already-launched InternEvo global context (`gpc.config`)."""
-    from internlm.checkpoint import CheckpointManager
     from internlm.core.context import ParallelMode
     from internlm.core.context import global_context as gpc
-    from internlm.data import build_train_loader_with_data_type
+    from internlm.data import build_train_loader_with_data_type, build_valid_loader_with_data_type
     from internlm.data.train_state import get_train_state
-    from internlm.initialize import initialize_trainer
-    from internlm.model.losses import FlashGPTLMLoss
     from internlm.model.metrics import AccPerplex
-    from internlm.train import get_scheduler_hooks, initialize_model, initialize_optimizer, load_new_batch
+    from internlm.train.pipeline import get_scheduler_hooks, initialize_optimizer, load_new_batch
     from internlm.utils.common import get_current_device, launch_time
 
+    from rethinktiny.internevo import api
     from rethinktiny.internevo.builder import config_from_entry
 
     cfg = gpc.config
     model_cfg = config_from_entry(dict(cfg.model), cfg.model_type) if cfg.model_type in (
         "PANGU_PI_PRO", "PANGU_PI") else None
     _check_data_folder(cfg.data.get("train_folder"))
+    valid_every = _check_validation(cfg.data)
     current_time = launch_time()
-    model = initialize_model()
-    criterion = FlashGPTLMLoss(parallel_output=False, label_smoothing=cfg.loss.get("label_smoothing", 0))
+    model, isp_communicator = api.build_model()
+    criterion = api.make_loss(cfg)
     train_dl, dataset_types = build_train_loader_with_data_type()
+    val_dls = build_valid_loader_with_data_type() if valid_every else {}
     train_state = get_train_state(train_dl)
-    optimizer, beta2_scheduler, lr_scheduler = initialize_optimizer(model)
-    ckpt_manager = CheckpointManager(
-        ckpt_config=cfg.ckpt, model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
-        train_dl=train_dl, model_config=cfg.model, model_config_file=_config_text(config_path, overrides))
+    optimizer, beta2_scheduler, lr_scheduler = initialize_optimizer(model, isp_communicator)
+    ckpt_manager = api.checkpoint_manager(
+        optimizer, ckpt_config=cfg.ckpt, model=model, lr_scheduler=lr_scheduler, train_dl=train_dl,
+        model_config=cfg.model, model_config_file=_config_text(config_path, overrides))
     ckpt_manager.try_resume_training(train_state, current_time)
     metric = AccPerplex(device=get_current_device(), tp_pg=gpc.get_group(ParallelMode.TENSOR),
                         dp_pg=gpc.get_group(ParallelMode.DATA), dataset_types=dataset_types)
-    trainer, train_dl, _, _ = initialize_trainer(
-        model=model, optimizer=optimizer, criterion=criterion, train_dataloader=train_dl,
-        lr_scheduler=lr_scheduler, beta2_scheduler=beta2_scheduler,
-        scheduler_hooks=get_scheduler_hooks(metric, optimizer, None))
-    save_folder = _local_folder(cfg.ckpt.get("save_ckpt_folder"))
+    trainer, train_dl = api.make_trainer(model, optimizer, criterion, train_dl, lr_scheduler, beta2_scheduler,
+                                         get_scheduler_hooks(metric, optimizer, isp_communicator))
+    save_folder = local_path(cfg.ckpt.get("save_ckpt_folder"))
     tokens_per_step = cfg.data.micro_num * cfg.data.micro_bsz * cfg.data.seq_len * gpc.get_world_size(ParallelMode.DATA)
-    log = StepLog(save_folder if gpc.is_rank_for_log() else None, tokens_per_step)
-    _train_loop(trainer, train_dl, train_state, ckpt_manager, metric, log, model_cfg, load_new_batch)
+    log_rank = gpc.is_rank_for_log()
+    tb_writer = _tensorboard_writer(cfg, save_folder, train_state.step_count) if log_rank else None
+    log = StepLog(save_folder if log_rank else None, tokens_per_step, tb_writer)
+    try:
+        _train_loop(trainer, train_dl, train_state, ckpt_manager, metric, log, model_cfg, load_new_batch,
+                    (val_dls or {}, valid_every))
+    finally:
+        log.close()
     ckpt_manager.wait_async_upload_finish()
 
 
-def _train_loop(trainer, train_dl, train_state, ckpt_manager, metric, log, model_cfg, load_new_batch) -> None:
+def _check_validation(data_cfg) -> int:
+    """`data.valid_every` (0: off), after checking its folder exists and holds data."""
+    every = int(data_cfg.get("valid_every", 0) or 0)
+    if every <= 0:
+        return 0
+    folder = data_cfg.get("valid_folder")
+    if not folder:
+        raise UserError(f"data.valid_every={every} but data.valid_folder is not set (set valid_every=0 to "
+                        "train without validation)")
+    _check_data_folder(folder)
+    return every
+
+
+def _train_loop(trainer, train_dl, train_state, ckpt_manager, metric, log, model_cfg, load_new_batch,
+                validation) -> None:
     from internlm.core.context import global_context as gpc
 
+    val_dls, valid_every = validation
     total_steps = gpc.config.data.total_steps
     trainer.train()
     train_iter = iter(train_dl)
@@ -157,9 +242,12 @@ def _train_loop(trainer, train_dl, train_state, ckpt_manager, metric, log, model
         mean_loss = _mean_over_data_parallel(loss)
         if not torch.isfinite(torch.tensor(mean_loss)):
             raise FloatingPointError(f"loss is {mean_loss} at step {batch_count + 1}")
+        valid = None
+        if valid_every and val_dls and train_state.step_count % valid_every == 0:
+            valid = validate(trainer, val_dls, train_state.step_count)  # every rank takes part
         if gpc.is_rank_for_log():
             lr = trainer.engine.optimizer.param_groups[0]["lr"]
-            log.write(train_state.step_count, mean_loss, lr, _grad_norm(grad_norm_groups), not success)
+            log.write(train_state.step_count, mean_loss, lr, _grad_norm(grad_norm_groups), not success, valid)
         saved_before = ckpt_manager.storage_manager.latest_save_step
         now_break = ckpt_manager.try_save_checkpoint(train_state)
         if ckpt_manager.storage_manager.latest_save_step != saved_before and gpc.is_rank_for_log() and model_cfg:

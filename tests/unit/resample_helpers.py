@@ -86,7 +86,13 @@ def internevo_single_rank(tmp_path_factory):
     store = tmp_path_factory.mktemp("store") / "store"
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
     gpc._global_ranks[ParallelMode.GLOBAL] = 0
+    # The newest InternEvo's datasets read data.use_shm and use_packed_dataset (its launch's defaults
+    # for packed training) from the global config.
+    config_before = gpc._config
+    if config_before is None:
+        gpc.load_config(dict(data=dict(use_shm=False, use_packed_dataset=True)))
     yield
+    gpc._config = config_before
     gpc._global_ranks.pop(ParallelMode.GLOBAL, None)
     dist.destroy_process_group()
 

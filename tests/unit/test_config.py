@@ -67,7 +67,8 @@ def test_from_internevo_llama2_entry():
         from_internevo({k: v for k, v in entry.items() if k != "vocab_size"})
 
 
-def test_hf_rotary_layout_entries_are_refused():
-    entry = dict(num_attention_heads=4, vocab_size=100, hidden_size=64, num_layers=2, adapt_hf=True)
-    with pytest.raises(UserError, match="adapt_hf=True"):
-        from_internevo(entry)
+def test_rotary_layout_is_not_part_of_the_shape():
+    # Checkpoint readers reorder rotate-half q/k rows; the shape reads the same either way.
+    entry = dict(num_attention_heads=4, vocab_size=100, hidden_size=64, num_layers=2)
+    assert from_internevo({**entry, "adapt_hf": True}) == from_internevo({**entry, "qk_interleaved": False}) \
+        == from_internevo(entry)

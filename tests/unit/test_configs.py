@@ -25,10 +25,10 @@ def test_internevo_parser_alone_registers_our_model_type():
             "from internlm.core.context import Config\n"
             "assert 'rethinktiny' not in sys.modules\n"
             f"cfg = Config.from_file({str(REPO / 'configs' / 'LLM1B.py')!r})\n"
-            "from internlm.utils.registry import MODEL_INITIALIZER\n"
+            "from rethinktiny.internevo.api import model_registry\n"
             "import types\n"
             "bad = [k for k, v in cfg.items() if isinstance(v, (types.ModuleType, types.FunctionType, type))]\n"
-            "print(MODEL_INITIALIZER.has(cfg.model_type), bad)\n")
+            "print(model_registry().has(cfg.model_type), bad)\n")
     result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split("\n")[0] == "True []"

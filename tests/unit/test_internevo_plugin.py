@@ -19,10 +19,11 @@ def _run_python(code: str) -> subprocess.CompletedProcess:
 def test_registered_whichever_is_imported_first(first, second):
     result = _run_python(
         f"import {first}, {second}\n"
-        "from internlm.utils.registry import MODEL_INITIALIZER\n"
+        "from rethinktiny.internevo.api import model_registry\n"
         "from internlm.checkpoint.checkpoint_manager import CheckpointLoadMethod\n"
         "from internlm.accelerator import get_accelerator\n"
-        "print(MODEL_INITIALIZER.has('PANGU_PI_PRO'), MODEL_INITIALIZER.has('PANGU_PI'),\n"
+        "registry = model_registry()\n"
+        "print(registry.has('PANGU_PI_PRO'), registry.has('PANGU_PI'),\n"
         "      'inherited' in CheckpointLoadMethod.LOAD_TYPE_FUNC, get_accelerator().get_backend_name())\n")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["True", "True", "True", "cpu"]
@@ -30,10 +31,35 @@ def test_registered_whichever_is_imported_first(first, second):
 
 def test_register_twice_is_harmless():
     result = _run_python("import rethinktiny.internevo as p\np.register(); p.register()\n"
-                         "from internlm.utils.registry import MODEL_INITIALIZER\n"
-                         "print(sorted(k for k in MODEL_INITIALIZER._registry if k.startswith('PANGU')))")
+                         "from rethinktiny.internevo.api import model_types\n"
+                         "print([k for k in model_types() if k.startswith('PANGU')], 'LLAMA2' in model_types())")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "['PANGU_PI', 'PANGU_PI_PRO']"
+    assert result.stdout.strip() == "['PANGU_PI', 'PANGU_PI_PRO'] True"
+
+
+def test_register_without_a_model_registry_fails_loudly_and_can_be_retried():
+    """InternEvo moved its registry (simulated: rethinktiny looks where none is): register() raises
+    one line naming where it looked and stays retryable; with the registry back, one call does all."""
+    result = _run_python(
+        "import os\n"
+        "os.environ['RETHINKTINY_NO_INTERNEVO'] = '1'\n"
+        "import rethinktiny.internevo as p\n"
+        "from rethinktiny.internevo import api\n"
+        "real = api.REGISTRY_LOCATIONS\n"
+        "api.REGISTRY_LOCATIONS = (('internlm.moved.registry', 'model_initializer'),)\n"
+        "try:\n"
+        "    p.register()\n"
+        "except api.InternEvoAPIError as err:\n"
+        "    print('ERROR', str(err))\n"
+        "print('STATE', p._state)\n"
+        "api.REGISTRY_LOCATIONS = real\n"
+        "p.register()\n"
+        "from internlm.checkpoint.checkpoint_manager import CheckpointLoadMethod\n"
+        "print('STATE', p._state, api.model_registry().has('PANGU_PI_PRO'), 'inherited' in CheckpointLoadMethod.LOAD_TYPE_FUNC)\n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines == ["ERROR no InternEvo model registry found (looked for internlm.moved.registry.model_initializer); "
+                     "rethinktiny cannot register PANGU_PI_PRO with this InternEvo", "STATE idle", "STATE done True True"]
 
 
 def test_core_imports_with_internlm_blocked():
