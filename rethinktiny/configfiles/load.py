@@ -56,6 +56,28 @@ def data_config_from_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+LOCAL_PREFIX = "local:"  # InternEvo's storage prefix for the file system (it also knows boto3:, oss2:, volc:)
+
+
+def local_path(path: str | None, key: str | None = None) -> Path | None:
+    """The file-system folder of an InternEvo storage path: `local:X` or a plain `X` is Path(X).
+
+    Args:
+        path: the config value (None or "" gives None).
+        key: the config key, for callers that need a local folder: another storage prefix is then a
+            UserError naming it; without `key` it gives None (nothing local to write next to).
+    """
+    if not path:
+        return None
+    if path.startswith(LOCAL_PREFIX):
+        return Path(path[len(LOCAL_PREFIX):])
+    if ":" in path.split("/")[0]:
+        if key is not None:
+            raise UserError(f"{key} {path!r}: only local folders ({LOCAL_PREFIX} or a plain path) are supported")
+        return None
+    return Path(path)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`data.total_steps=40` -> (["data", "total_steps"], 40). Values are Python literals; anything
     that is not one (a bare path, say) is taken as a string."""

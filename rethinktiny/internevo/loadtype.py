@@ -13,18 +13,10 @@ from __future__ import annotations
 import torch
 
 from rethinktiny.checkpoint import InternEvoCheckpoint, model_state_dict
+from rethinktiny.configfiles.load import local_path
 from rethinktiny.errors import UserError
 
 LOAD_TYPE = "inherited"
-
-
-def _local_path(path: str) -> str:
-    # InternEvo paths carry a storage prefix; only the local file system makes sense here.
-    if path.startswith("local:"):
-        return path[len("local:"):]
-    if ":" in path.split("/")[0]:
-        raise UserError(f"ckpt.load_ckpt_info.path {path!r}: only local folders are supported for {LOAD_TYPE!r}")
-    return path
 
 
 def load_inherited(ckpt_mm, load_info, *_args, **_kwargs) -> str:
@@ -33,7 +25,7 @@ def load_inherited(ckpt_mm, load_info, *_args, **_kwargs) -> str:
     requested = content.load_set if hasattr(content, "load_set") else set(content)
     if requested != {"model"}:
         raise UserError(f"ckpt_type {LOAD_TYPE!r} loads only content=('model',), got {sorted(requested)}")
-    folder = _local_path(str(load_info["path"]))
+    folder = local_path(str(load_info["path"]), key=f"ckpt.load_ckpt_info.path (ckpt_type {LOAD_TYPE!r})")
     live = ckpt_mm.model.state_dict()
     expected = {name: tensor.shape for name, tensor in live.items()}
     state = model_state_dict(InternEvoCheckpoint(folder), expected, _ties_head(live),

@@ -64,10 +64,6 @@ class RoundResult:
     seconds: float = 0.0
 
 
-def _local(path: str) -> Path:
-    return Path(path[len("local:"):]) if path.startswith("local:") else Path(path)
-
-
 def launcher_args(plan: RoundPlan, save: Path, steps: int, extra: Sequence[str]) -> list[str]:
     """`start_finetune.py` arguments for one round."""
     sets = [*plan.overrides, f"ckpt.save_ckpt_folder={'local:' + str(save)!r}", f"data.total_steps={steps}",
