@@ -102,6 +102,12 @@ def parse_merges(model: dict, source: str = TOKENIZER_JSON) -> list[tuple[str, s
     return pairs
 
 
+def merge_ranks(model: dict) -> dict[tuple[str, str], int]:
+    """(left, right) -> rank as Hugging Face BPE uses it: a pair listed twice takes its last rank
+    (measured with `tokenizers` 0.23: merges [ab, bc, ab] encode "abc" as a + bc)."""
+    return {pair: rank for rank, pair in enumerate(parse_merges(model))}
+
+
 def id_table(body: dict, source: str = TOKENIZER_JSON) -> dict[int, str]:
     """Every id of the tokenizer (model vocabulary and added tokens) -> its string."""
     ids = {int(i): token for token, i in body["model"]["vocab"].items()}
@@ -358,7 +364,7 @@ def prune_bpe(tokenizer_json: dict, counts: np.ndarray, n: int) -> tuple[dict, T
                         f"({len(required.added)} added, {len(required.byte)} byte, {len(required.referenced)} "
                         f"named by unk_token/post-processor/padding)")
     model = tokenizer_json["model"]
-    ranks = {pair: rank for rank, pair in reversed(list(enumerate(parse_merges(model))))}  # first rank wins
+    ranks = merge_ranks(model)
     order = candidate_order(tokenizer_json, counts, must)
     paths = merge_paths(model["vocab"], ranks, order, names)
     keep, chosen, path_only = select_tokens(must, order, paths, n)

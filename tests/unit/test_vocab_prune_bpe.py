@@ -11,7 +11,7 @@ import pytest
 from rethinktiny.cli import main
 from rethinktiny.data.tokenized import BinWriter
 from rethinktiny.errors import UserError
-from rethinktiny.vocab.bpe_prune import (build_pruned_json, bpe_word, byte_alphabet, parse_merges, prune_bpe,
+from rethinktiny.vocab.bpe_prune import (build_pruned_json, bpe_word, byte_alphabet, merge_ranks, prune_bpe,
                                          prune_tokenizer_json, required_ids, unreachable_tokens)
 from rethinktiny.vocab.count import count_folder
 from rethinktiny.vocab.sum_counts import merge_counts, write_frequency_file
@@ -106,13 +106,21 @@ def test_merge_simulation_matches_tokenizers(hf_folder, documents):
     """`bpe_word` (used for merge paths) is Hugging Face BPE: same result on every vocabulary token
     and on every pre-token of 300 documents."""
     body = _body(hf_folder)
-    ranks = {pair: rank for rank, pair in enumerate(parse_merges(body["model"]))}
+    ranks = merge_ranks(body["model"])
     fast = _fast(body)
     words = list(body["model"]["vocab"])
     for text in documents[:300]:
         words += [w for w, _ in fast.pre_tokenizer.pre_tokenize_str(text)]
     for word in words:
         assert bpe_word(list(word), ranks)[0] == [t.value for t in fast.model.tokenize(word)]
+
+
+def test_merge_simulation_on_a_pair_listed_twice():
+    from tokenizers import models
+
+    vocab, merges = {"a": 0, "b": 1, "c": 2, "ab": 3, "bc": 4}, [("a", "b"), ("b", "c"), ("a", "b")]
+    ranks = merge_ranks({"merges": [list(m) for m in merges]})
+    assert bpe_word(list("abc"), ranks)[0] == [t.value for t in models.BPE(vocab, merges).tokenize("abc")]
 
 
 @pytest.mark.parametrize("n", SIZES)
