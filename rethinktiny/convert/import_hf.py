@@ -2,14 +2,14 @@
 checkpoint of `PANGU_PI_PRO`.
 
 The result is what InternEvo's model-only load reads (`model_tp0_pp0.pt` + `model_config.json`),
-so a public model can be a teacher for inheritance or continue training in InternEvo. The
-SentencePiece `tokenizer.model` is copied along when the HF folder has one.
+so a public model can be a teacher for inheritance or continue training in InternEvo. The HF
+folder's tokenizer files (tokenizer.model and/or tokenizer.json with its configs) are copied along,
+so `eval ppl`, `inherit --calib TEXT.jsonl` and `data tokenize` find the model's own tokenizer.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ from rethinktiny.config import ModelConfig
 from rethinktiny.convert.hf_config import hf_layout, model_config_from_hf, read_hf_config
 from rethinktiny.convert.keys import MappedWeights
 from rethinktiny.convert.safetensors_io import HFWeights
+from rethinktiny.convert.tokenizer_files import copy_tokenizer_files
 from rethinktiny.dtypes import parse_dtype
 from rethinktiny.model import parameter_shapes
 
@@ -43,12 +44,13 @@ def read_mapped_state(mapped: MappedWeights, dtype: torch.dtype | None, progress
 def save_converted(dst: str | os.PathLike, force: bool, state: dict[str, torch.Tensor], cfg: ModelConfig,
                    source: str, command: str, args: dict, inputs: dict, extra: dict,
                    tokenizer: Path | None = None) -> Path:
-    """Check `state` against `cfg` and write the model-only checkpoint folder atomically."""
+    """Check `state` against `cfg` and write the model-only checkpoint folder atomically, with the
+    tokenizer files of the folder `tokenizer` (`copy_tokenizer_files`) when given."""
     check_state_dict(state, parameter_shapes(cfg), source)
     with output_dir(dst, force) as tmp:
         save_model_only(tmp, state, cfg)
-        if tokenizer is not None and tokenizer.is_file():
-            shutil.copyfile(tokenizer, tmp / "tokenizer.model")
+        if tokenizer is not None:
+            copy_tokenizer_files(tokenizer, tmp)
         write_manifest(tmp, command, args, inputs=inputs, extra={"model_config": cfg.to_dict(), **extra})
     return Path(dst)
 
@@ -60,7 +62,7 @@ def from_hf(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "auto",
     Args:
         src: HF model folder (config.json + safetensors or pytorch_model.bin, sharded or not).
         dst: output folder (written atomically): model_tp0_pp0.pt, model_config.json, manifest.json,
-            and tokenizer.model when `src` has one.
+            and the tokenizer files `src` has (tokenizer.model, tokenizer.json, ...).
         dtype: "auto" (keep the HF dtype), "float32", "bfloat16" or "float16".
         force: replace an existing `dst`.
     Returns:
@@ -76,4 +78,4 @@ def from_hf(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "auto",
     state = read_mapped_state(mapped, target_dtype, progress, "from-hf")
     return save_converted(dst, force, state, cfg, str(src), "convert from-hf", dict(src=str(src), dtype=dtype),
                           inputs={"hf_folder": src}, extra={"ignored_keys": mapped.ignored},
-                          tokenizer=src / "tokenizer.model")
+                          tokenizer=src)

@@ -64,7 +64,7 @@ def write_tokenizer_files(tokenizer: Tokenizer, source: str | Path, dst: Path,
     # An HF tokenizer folder keeps its own files and framing: add_bos_token is for SentencePiece.
     folder = hf_tokenizer_folder(source)
     if folder is not None or tokenizer.kind != SENTENCEPIECE:
-        _copy_hf_files(folder or tokenizer.path.parent, dst)
+        copy_tokenizer_files(folder or tokenizer.path.parent, dst)
         return
     try:
         from rethinktiny.vocab.hf_tokenizer import write_hf_tokenizer
@@ -74,8 +74,9 @@ def write_tokenizer_files(tokenizer: Tokenizer, source: str | Path, dst: Path,
     write_hf_tokenizer(tokenizer.path, dst, add_bos_token=add_bos_token)
 
 
-def _copy_hf_files(folder: Path, dst: Path) -> list[str]:
-    """Copy the HF tokenizer files `folder` has (`HF_TOKENIZER_FILES`); returns their names."""
+def copy_tokenizer_files(folder: Path, dst: Path) -> list[str]:
+    """Copy the tokenizer files `folder` has (`HF_TOKENIZER_FILES`, tokenizer.model included) into
+    `dst`, so `load_tokenizer(dst)` reads what `load_tokenizer(folder)` reads; returns their names."""
     copied = [name for name in HF_TOKENIZER_FILES if (folder / name).is_file()]
     for name in copied:
         shutil.copyfile(folder / name, dst / name)

@@ -218,3 +218,24 @@ def _target_file(tmp_path, cfg):
                     f"num_layers={cfg.num_layers}, intermediate_size={cfg.intermediate_size}, "
                     f"vocab_size={cfg.vocab_size}, no_bias=True)\n")
     return path
+
+
+def test_from_hf_copies_the_tokenizer_so_eval_and_inherit_find_it(tmp_path, hf_bpe_tokenizer, held_out):
+    from rethinktiny.convert.import_hf import from_hf
+    from rethinktiny.inherit.apply import inherit
+
+    src = _hf_source(tmp_path / "hf", hf_bpe_tokenizer)
+    (src / "special_tokens_map.json").write_text(json.dumps({"pad_token": "<|im_end|>"}))
+    ckpt = from_hf(src, tmp_path / "ckpt", progress=False)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        assert (ckpt / name).read_bytes() == (src / name).read_bytes()
+    on_hf = evaluate_perplexity(src, held_out, seq_len=64, max_documents=4, progress=False)
+    on_ckpt = evaluate_perplexity(ckpt, held_out, seq_len=64, max_documents=4, progress=False)  # no --tokenizer
+    assert on_ckpt.tokens == on_hf.tokens and on_ckpt.loss == pytest.approx(on_hf.loss, rel=1e-5)
+    target = str(_target_file(tmp_path, ModelConfig(hidden_size=32, num_layers=2, num_attention_heads=2,
+                                                    num_kv_heads=1, intermediate_size=48, vocab_size=BPE_IDS)))
+    kwargs = dict(width="taylor", calib=SAMPLE_VALID, calib_tokens=128, calib_seq_len=64)
+    a = inherit(src, target, tmp_path / "a", **kwargs)
+    b = inherit(ckpt, target, tmp_path / "b", **kwargs)
+    sa, sb = (torch.load(f / "model_tp0_pp0.pt", weights_only=True) for f in (a, b))
+    assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
