@@ -57,10 +57,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from ablation_stats import comparison_table, fmt, mean_se, paired  # noqa: E402
-from inherit_ablation import load, loss_of, token_stream, train  # noqa: E402
+from inherit_ablation import loss_of, token_stream, train  # noqa: E402
 
 from rethinktiny.artifacts import check_writable, output_dir, write_file_atomic, write_json, write_manifest  # noqa: E402
-from rethinktiny.checkpoint import save_model_only  # noqa: E402
+from rethinktiny.checkpoint import load_model, save_model_only  # noqa: E402
 from rethinktiny.config import ModelConfig  # noqa: E402
 from rethinktiny.data.prepare import tokenize_corpus, train_tokenizer  # noqa: E402
 from rethinktiny.errors import UserError  # noqa: E402
@@ -334,7 +334,7 @@ class Bench:
         folder = self.work / "runs" / f"{key}-{self.tag}"
         if (folder / "run.json").is_file():
             result = Result(**json.loads((folder / "run.json").read_text()))
-            model = load(folder)
+            model = load_model(folder).train()
             print(f"== {recipe} | {variant} | seed {seed}: cached, {result.bits_per_byte:.4f} bits/byte", flush=True)
         else:
             start = time.perf_counter()
@@ -492,7 +492,7 @@ def recipe_inheritance(bench: Bench, seed: int, teacher_result: Result) -> None:
                         token_map=tok.token_map, seed=seed, force=True, learn_steps=bench.scale.learn_steps)
                 report = json.loads((dst / "inherit_report.json").read_text())["layers"]
                 extra = {"kept_layers": report["kept"], "block_influence": report["block_influence"]}
-                model = load(dst)
+                model = load_model(dst).train()
             extra["step0_loss"], extra["step0_bpb"] = bench.measure(model)
             bench.fit(model, data, f"{label} seed {seed}")
             return model, tokens_of(data), len(data), extra
