@@ -83,6 +83,12 @@ class GGUFWeights:
     def type_name(self, name: str) -> str:
         return self._tensors[name].tensor_type.name
 
+    def common_dtype(self) -> torch.dtype:
+        """One dtype for the whole model: float16 when every tensor is F16, else float32 (llama.cpp
+        keeps norms in F32 even in F16 files, and dequantized blocks are float32)."""
+        kinds = {t.tensor_type.name for t in self._tensors.values()}
+        return torch.float16 if kinds == {"F16"} else torch.float32
+
     def rows(self, name: str) -> int:
         """The first (row) dimension of `name` in torch order."""
         return int(self._tensors[name].shape[-1])  # GGUF lists dimensions innermost first
@@ -190,12 +196,7 @@ def from_gguf(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "auto
     target_dtype = parse_dtype(dtype, keep=True)
     mapped, _ = open_gguf(src, strict=True)
     types = sorted({mapped.weights.type_name(k) for k in mapped.weights.keys()})
-    state = read_mapped_state(mapped, target_dtype, progress, "from-gguf")
-    if target_dtype is None:  # one dtype for the checkpoint: float32 unless every tensor was F16
-        common = torch.float16 if types == ["F16"] else torch.float32
-        state = {k: v.to(common) for k, v in state.items()}
-        if mapped.cfg.tie_embeddings:
-            state["output.weight"] = state["tok_embeddings.weight"]
+    state = read_mapped_state(mapped, target_dtype or mapped.weights.common_dtype(), progress, "from-gguf")
     return save_converted(dst, force, state, mapped.cfg, str(src), "convert from-gguf",
                           dict(src=str(src), dtype=dtype), inputs={"gguf_file": src},
                           extra={"ignored_keys": mapped.ignored, "gguf_tensor_types": types,

@@ -277,6 +277,10 @@ class GGUFSource(MappedSource):
         path = Path(path)
         mapped, notes = open_gguf(path, strict=False)
         super().__init__(path, mapped, [path], notes)
+        self._dtype = mapped.weights.common_dtype()
+
+    def _read(self, name: str) -> torch.Tensor:
+        return super()._read(name).to(self._dtype)  # one dtype, as the other sources have
 
 
 def open_source(path: str | Path, config: ModelConfig | None = None) -> Source:

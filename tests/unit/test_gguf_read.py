@@ -126,6 +126,10 @@ def test_gguf_converts_and_inherits_like_transformers_loads_it(tmp_path, arch, f
     torch.testing.assert_close(_logits(inherited), expected, rtol=1e-4, atol=1e-4)
     manifest = json.loads((tmp_path / "converted" / "manifest.json").read_text())
     assert qtype.name in manifest["gguf_tensor_types"]
+    # one dtype per checkpoint: llama.cpp keeps norms F32 next to F16/quantized matrices
+    for folder in ("converted", "inherited"):
+        dtypes = {t.dtype for t in InternEvoCheckpoint(tmp_path / folder).state_dict().values()}
+        assert dtypes == {torch.float32}, folder
 
 
 def test_cli_from_gguf_and_its_errors(tmp_path, capsys):
