@@ -147,7 +147,7 @@ def bpe_word(symbols: list[str], ranks: dict[tuple[str, str], int]) -> tuple[lis
 
 
 def merge_paths(vocab: dict[str, int], ranks: dict[tuple[str, str], int], candidates: list[int],
-                names: dict[int, str]) -> dict[int, frozenset[int]]:
+                names: dict[int, str], ignore_merges: bool = False) -> dict[int, frozenset[int]]:
     """For each candidate the original BPE produces from its own string, the ids of every token on
     its merge path (itself and its bytes included); others are left out.
 
@@ -156,6 +156,9 @@ def merge_paths(vocab: dict[str, int], ranks: dict[tuple[str, str], int], candid
         ranks: (left, right) -> merge rank.
         candidates: ids of merged tokens.
         names: id -> token string.
+        ignore_merges: the model's `ignore_merges` (LLaMA-3): a pre-token that is a whole token is
+            looked up, not merged, so a token no merge sequence forms is still produced, alone
+            (its path is itself).
     """
     paths = {}
     for i in candidates:
@@ -163,6 +166,8 @@ def merge_paths(vocab: dict[str, int], ranks: dict[tuple[str, str], int], candid
         final, formed = bpe_word(list(token), ranks)
         if final == [token] and all(c in vocab for c in token):
             paths[i] = frozenset(vocab[t] for t in (*token, *formed))
+        elif ignore_merges:
+            paths[i] = frozenset([i])
     return paths
 
 
@@ -296,6 +301,21 @@ def load_json_tokenizer(body: dict):
         raise UserError(f"{TOKENIZER_JSON}: the tokenizers library rejects it ({str(err).splitlines()[0]})") from None
 
 
+def check_ids_as_loaded(tokenizer, body: dict, source: str = TOKENIZER_JSON) -> None:
+    """Every id of the file must be the id `tokenizers` gives its token. The library numbers an
+    added token that is not in the model vocabulary itself (the next id after the vocabulary),
+    whatever the file says; dense renumbering keeps that true for files where it held.
+
+    Args:
+        tokenizer: `tokenizers.Tokenizer` loaded from `body`.
+        body: the tokenizer.json it was loaded from.
+    """
+    for i, token in id_table(body, source).items():
+        if tokenizer.token_to_id(token) != i:
+            raise UserError(f"{source}: token {token!r} has id {i} in the file but {tokenizer.token_to_id(token)} "
+                            f"when loaded by the tokenizers library")
+
+
 def unreachable_tokens(body: dict, ids: list[int] | None = None) -> list[int]:
     """Merged tokens the BPE model does not return when given their own string as one pre-token
     (checked by the `tokenizers` library, see the module docstring).
@@ -304,7 +324,9 @@ def unreachable_tokens(body: dict, ids: list[int] | None = None) -> list[int]:
         body: tokenizer.json.
         ids: ids to check (default: every model token that is not required).
     """
-    model = load_json_tokenizer(body).model
+    tokenizer = load_json_tokenizer(body)
+    check_ids_as_loaded(tokenizer, body)
+    model = tokenizer.model
     names = {i: t for t, i in body["model"]["vocab"].items()}
     if ids is None:
         required = required_ids(body).all
@@ -352,6 +374,7 @@ def prune_bpe(tokenizer_json: dict, counts: np.ndarray, n: int) -> tuple[dict, T
         (new tokenizer.json body, token map new id -> old id (without file digests), report dict).
     """
     check_byte_level_bpe(tokenizer_json)
+    check_ids_as_loaded(load_json_tokenizer(tokenizer_json), tokenizer_json)  # or the renumbered ids drift
     names = id_table(tokenizer_json)
     size = max(names) + 1
     counts = _dense_counts(counts, size)
@@ -366,7 +389,7 @@ def prune_bpe(tokenizer_json: dict, counts: np.ndarray, n: int) -> tuple[dict, T
     model = tokenizer_json["model"]
     ranks = merge_ranks(model)
     order = candidate_order(tokenizer_json, counts, must)
-    paths = merge_paths(model["vocab"], ranks, order, names)
+    paths = merge_paths(model["vocab"], ranks, order, names, bool(model.get("ignore_merges")))
     keep, chosen, path_only = select_tokens(must, order, paths, n)
     new_json = build_pruned_json(tokenizer_json, keep)
     report = {

@@ -209,6 +209,23 @@ def test_token_map_gives_original_ids(hf_folder, pruned, documents, n):
     assert checked >= 100  # 106 lines at 400 ids, thousands at 900
 
 
+def test_ignore_merges_layout(hf_folder, counted, documents):
+    """LLaMA-3's `ignore_merges`: a pre-token that is a whole token is looked up; still no
+    unreachable token and a lossless round trip after pruning."""
+    body = _body(hf_folder)
+    body["model"]["ignore_merges"] = True
+    body["added_tokens"], body["post_processor"] = body["added_tokens"][:3], None
+    body["model"]["vocab"]["Ġzzqq"] = 1500  # no merge forms it: produced only by the lookup
+    counts = np.append(counted[1][:1500], 10 ** 9)
+    new, token_map, report = prune_bpe(body, counts, 400)
+    assert report["unreachable_tokens"] == 0 and new["model"]["ignore_merges"] is True
+    fast = _fast(new)
+    assert token_map.new_to_old[fast.token_to_id("Ġzzqq")] == 1500
+    assert fast.encode(" zzqq", add_special_tokens=False).ids == [fast.token_to_id("Ġzzqq")]
+    texts = documents[::5]
+    assert fast.decode_batch([e.ids for e in fast.encode_batch(texts)]) == texts
+
+
 def test_config_files_renumbered(pruned):
     folder = pruned[400][1]
     config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
@@ -295,6 +312,12 @@ def test_bad_input_is_one_line_and_writes_nothing(hf_folder, counted, tmp_path, 
     _fails(capsys, _prune_argv(tmp_path / "small", freq, 600, dst), "counted for a tokenizer of 1502 ids", dst)
     with pytest.raises(UserError, match="outside the tokenizer"):
         prune_bpe(small, counts, 600)
+    # An added token's id that the tokenizers library would not give it (it numbers added tokens
+    # outside the vocabulary itself): renumbering could not keep the ids straight.
+    drift = _body(hf_folder)
+    drift["model"]["vocab"]["Ġzzqq"] = 1502
+    with pytest.raises(UserError, match="'<think>' has id 1500 in the file but 1501 when loaded"):
+        prune_bpe(drift, np.append(counts, 1), 600)
 
 
 def test_count_refuses_ids_outside_the_tokenizer(hf_folder, tmp_path, capsys):
