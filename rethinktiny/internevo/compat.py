@@ -77,10 +77,13 @@ def allow_internevo_checkpoint_classes() -> None:
     optimizer state names `ParallelMode`; the sampler state holds numpy arrays (its RNG state)."""
     import numpy as np
 
-    numpy_array_classes = [np._core.multiarray._reconstruct, np.ndarray, np.dtype]
-    numpy_array_classes += [cls for cls in vars(np.dtypes).values() if isinstance(cls, type)
-                            and issubclass(cls, np.dtype)]
-    torch.serialization.add_safe_globals([ParallelMode, *numpy_array_classes])
+    # The function numpy pickles arrays with, taken from an array's own __reduce__: it lives in
+    # numpy.core.multiarray on numpy 1 and numpy._core.multiarray on numpy 2 (both private names).
+    reconstruct = np.empty(0).__reduce__()[0]
+    # The classes of every dtype (numpy.dtypes.Float64DType & co. on numpy >= 1.25; a dtype pickles
+    # as plain np.dtype before that).
+    dtype_classes = {type(np.dtype(code)) for code in np.typecodes["All"]}
+    torch.serialization.add_safe_globals([ParallelMode, reconstruct, np.ndarray, np.dtype, *dtype_classes])
 
 
 def apply_all() -> None:

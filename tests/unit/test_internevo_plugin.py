@@ -106,3 +106,24 @@ def test_cpu_accelerator_covers_what_internevo_calls():
     assert torch.equal(a, torch.rand(3))
     with acc.amp.autocast(dtype=torch.bfloat16):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_sampler_state_with_numpy_arrays_loads_weights_only(tmp_path):
+    # what a resume reads: numpy arrays and numpy's RNG state inside a torch-saved dict
+    path = tmp_path / "sampler.pt"
+    result = _run_python(
+        "import numpy as np, torch\n"
+        "state = {'rng': np.random.RandomState(3).get_state(), 'order': np.arange(5, dtype=np.int32),\n"
+        "         'weights': np.linspace(0, 1, 4), 'flags': np.array([True, False])}\n"
+        f"torch.save(state, {str(path)!r})\n"
+        "try:\n"
+        f"    torch.load({str(path)!r}, weights_only=True)\n"
+        "except Exception as err:\n"
+        "    print('refused before', type(err).__name__)\n"
+        "from rethinktiny.internevo.compat import allow_internevo_checkpoint_classes\n"
+        "allow_internevo_checkpoint_classes()\n"
+        f"loaded = torch.load({str(path)!r}, weights_only=True)\n"
+        "print(loaded['order'].tolist(), loaded['rng'][1][:2].tolist() == state['rng'][1][:2].tolist(),\n"
+        "      loaded['weights'].dtype, loaded['flags'].tolist())\n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == ["refused before UnpicklingError", "[0, 1, 2, 3, 4] True float64 [True, False]"]
