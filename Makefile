@@ -42,7 +42,7 @@ integration: install
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 demo: install
-	$(BIN)/python -m rethinktiny.demo $(if $(FORCE),--force,)
+	$(BIN)/python -m rethinktiny.demo --sample $(SAMPLE) $(if $(FORCE),--force,)
 
 bench: install
 	$(BIN)/python bench/run_all.py

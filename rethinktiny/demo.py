@@ -1,6 +1,11 @@
 """`make demo`: the paper's whole recipe in miniature, through the commands a cluster user runs.
 
-    python -m rethinktiny.demo [--out outputs/demo] [--scale demo|smoke] [--force]
+    python -m rethinktiny.demo [--sample data/sample] [--out outputs/demo] [--scale demo|smoke] [--force]
+
+--sample is a folder with train.jsonl and valid.jsonl (`make demo` passes the bundled
+data/sample); relative paths are taken from the current folder, never from the package, so an
+installed (non-editable) rethinktiny runs the demo too. Training runs `rethinktiny train`, the
+launcher of start_finetune.py.
 
 Steps (each a folder under --out with the commands it ran in `manifest.json`; a finished step is
 reused on the next run unless --force):
@@ -32,10 +37,8 @@ from pathlib import Path
 from typing import Callable
 
 from rethinktiny.artifacts import write_json
+from rethinktiny.demo_report import write_report
 from rethinktiny.errors import UserError
-
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "data" / "sample"
 
 
 @dataclass(frozen=True)
@@ -62,20 +65,20 @@ class StepFailed(Exception):
 
 
 class Demo:
-    def __init__(self, out: Path, scale: Scale, force: bool) -> None:
-        self.out, self.scale, self.force = out, scale, force
+    def __init__(self, out: Path, sample: Path, scale: Scale, force: bool) -> None:
+        self.out, self.sample, self.scale, self.force = out, sample, scale, force
         self.ranks = 2
 
     # ---- running commands -----------------------------------------------------------------
     def run(self, step_dir: Path, title: str, command: list[str]) -> None:
         """Run one command, streaming its output to the console and to the step's log."""
-        shown = " ".join(str(c) for c in command).replace(str(REPO) + "/", "")
+        shown = " ".join(str(c) for c in command).replace(str(Path.cwd()) + "/", "")
         print(f"\n$ {shown}", flush=True)
         started = time.time()
         with open(step_dir / "log.txt", "a", encoding="utf-8") as log:
             log.write(f"$ {shown}\n")
             log.flush()
-            process = subprocess.Popen([str(c) for c in command], cwd=REPO, stdout=subprocess.PIPE,
+            process = subprocess.Popen([str(c) for c in command], stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True, bufsize=1)
             last_error = ""
             for line in process.stdout:
@@ -95,7 +98,7 @@ class Demo:
 
     def train(self, step_dir: Path, title: str, config: Path, *overrides: str) -> None:
         sets = [item for text in overrides for item in ("--set", text)]
-        self.run(step_dir, title, [sys.executable, REPO / "start_finetune.py", "--config", config, *sets])
+        self.cli(step_dir, title, "train", "--config", config, *sets)
 
     def step(self, name: str, body: Callable[[Path], None]) -> Path:
         """Run `body` into a temporary folder renamed to `name` on success; reuse a finished step."""
@@ -145,10 +148,10 @@ def _worth_showing(line: str) -> bool:
 # ---- the steps ------------------------------------------------------------------------------------
 
 def step_data(demo: Demo, d: Path) -> None:
-    demo.cli(d, "original tokenizer", "data", "train-tokenizer", "--input", SAMPLE / "train.jsonl",
+    demo.cli(d, "original tokenizer", "data", "train-tokenizer", "--input", demo.sample / "train.jsonl",
              "--vocab-size", demo.scale.original_vocab, "--dst", d / "tokenizer")
     for split in ("train", "valid"):
-        demo.cli(d, f"tokenize {split}", "data", "tokenize", "--input", SAMPLE / f"{split}.jsonl",
+        demo.cli(d, f"tokenize {split}", "data", "tokenize", "--input", demo.sample / f"{split}.jsonl",
                  "--tokenizer", d / "tokenizer", "--dst", d / split)
 
 
@@ -167,10 +170,10 @@ def step_vocab(demo: Demo, d: Path) -> None:
              d / "total_token_freq.json", "--vocab-num", demo.scale.compact_vocab, "--dst", d / "tokenizer",
              "--preset", "tiny")
     for name, tokenizer in (("original", data / "tokenizer"), ("compact", d / "tokenizer")):
-        demo.cli(d, f"inspect {name}", "vocab", "inspect", tokenizer, "--text", SAMPLE / "valid.jsonl",
+        demo.cli(d, f"inspect {name}", "vocab", "inspect", tokenizer, "--text", demo.sample / "valid.jsonl",
                  "--png", d / f"coverage_{name}.png")
     for split in ("train", "valid"):
-        demo.cli(d, f"re-tokenize {split}", "data", "tokenize", "--input", SAMPLE / f"{split}.jsonl",
+        demo.cli(d, f"re-tokenize {split}", "data", "tokenize", "--input", demo.sample / f"{split}.jsonl",
                  "--tokenizer", d / "tokenizer", "--dst", d / split)
 
 
@@ -268,7 +271,7 @@ EVALUATED = [
 def step_eval(demo: Demo, d: Path) -> None:
     for index, (label, checkpoint, tokenizer) in enumerate(EVALUATED):
         demo.cli(d, f"eval {label}", "eval", "ppl", "--model", demo.out / checkpoint, "--data",
-                 SAMPLE / "valid.jsonl", "--tokenizer", demo.out / tokenizer, "--seq-len", demo.scale.seq_len,
+                 demo.sample / "valid.jsonl", "--tokenizer", demo.out / tokenizer, "--seq-len", demo.scale.seq_len,
                  "--max-docs", demo.scale.eval_docs, "--out", d / f"eval_{index}.json")
 
 
@@ -280,18 +283,21 @@ STEPS = [("01_data", step_data), ("02_teacher", step_teacher), ("03_vocab", step
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "demo")
+    parser.add_argument("--sample", type=Path, default=Path("data/sample"),
+                        help="folder with train.jsonl and valid.jsonl (default: data/sample of the current folder)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
     parser.add_argument("--scale", choices=sorted(SCALES), default="demo")
     parser.add_argument("--force", action="store_true", help="redo finished steps")
     args = parser.parse_args(argv)
-    demo = Demo(args.out.resolve(), SCALES[args.scale], args.force)
+    missing = [name for name in ("train.jsonl", "valid.jsonl") if not (args.sample / name).is_file()]
+    if missing:
+        parser.error(f"--sample {args.sample}: no {' or '.join(missing)} there (pass the folder of the demo's corpus)")
+    demo = Demo(args.out.resolve(), args.sample.resolve(), SCALES[args.scale], args.force)
     started = time.time()
     try:
         for name, body in STEPS:
             demo.step(name, lambda d, body=body: body(demo, d))
-        from rethinktiny.demo_report import write_report
-
-        report = write_report(demo.out, demo.scale)
+        report = write_report(demo.out, demo.scale, demo.sample / "valid.jsonl", EVALUATED)
     except (StepFailed, UserError) as err:
         print(f"\n[demo] failed: {err}", file=sys.stderr)
         return 1

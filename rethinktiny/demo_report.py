@@ -65,11 +65,9 @@ def _characters(valid: Path, max_docs: int) -> int:
     return sum(len(json.loads(line)["text"]) for line in lines)
 
 
-def eval_table(out: Path, characters: int) -> list[str]:
-    from rethinktiny.demo import EVALUATED
-
+def eval_table(out: Path, characters: int, evaluated: list[tuple[str, str, str]]) -> list[str]:
     rows = ["| model | held-out loss (nats/token) | perplexity | tokens | nats/character |", "|---|---|---|---|---|"]
-    for index, (label, _, _) in enumerate(EVALUATED):
+    for index, (label, _, _) in enumerate(evaluated):
         path = out / "11_eval" / f"eval_{index}.json"
         if not path.exists():
             continue
@@ -101,12 +99,17 @@ def _inherit_summary(report: dict) -> str:
     return text + f". Width metric: {report.get('width', {}).get('metric', report.get('width', '?'))}."
 
 
-def write_report(out: Path, scale) -> Path:
-    """Write `out/report.md` (and its PNGs next to it) from the finished steps."""
-    from rethinktiny.demo import SAMPLE
+def write_report(out: Path, scale, valid: Path, evaluated: list[tuple[str, str, str]]) -> Path:
+    """Write `out/report.md` (and its PNGs next to it) from the finished steps.
 
+    Args:
+        out: the demo's output folder.
+        scale: the demo's `Scale` (steps, vocabulary sizes, documents scored).
+        valid: the held-out jsonl file the eval step scored (for the nats/character column).
+        evaluated: the eval step's (label, checkpoint, tokenizer) rows, in its eval_<i>.json order.
+    """
     plot_loss_curves(out, out / "loss_curves.png")
-    characters = _characters(SAMPLE / "valid.jsonl", scale.eval_docs)
+    characters = _characters(valid, scale.eval_docs)
     prune_report = _json(out / "03_vocab" / "tokenizer" / "report.json")
     inherit_report = _json(out / "04_inherit" / "student" / "inherit_report.json")
     resample_manifest = _json(out / "08_resample" / "selected" / "manifest.json")
@@ -122,7 +125,7 @@ def write_report(out: Path, scale) -> Path:
         "",
         "## Held-out evaluation (`rethinktiny eval ppl`, data/sample/valid.jsonl)",
         "",
-        *eval_table(out, characters),
+        *eval_table(out, characters, evaluated),
         "",
         "Per-token figures compare only models with the same tokenizer (the students); nats per character "
         "compare across tokenizers.",

@@ -13,8 +13,10 @@ from .helpers import REPO
 
 
 def _demo(out, *extra, timeout=1800):
-    return subprocess.run([sys.executable, "-m", "rethinktiny.demo", "--out", str(out), "--scale", "smoke", *extra],
-                          cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    # run outside the checkout: the demo reads only the --sample folder it is given
+    return subprocess.run([sys.executable, "-m", "rethinktiny.demo", "--sample", str(REPO / "data" / "sample"),
+                           "--out", str(out), "--scale", "smoke", *extra],
+                          cwd=out.parent, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
