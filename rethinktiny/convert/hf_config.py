@@ -132,7 +132,7 @@ def sliding_window(data: dict[str, Any]) -> int | None:
     """The sliding attention window the model really uses, or None. Qwen2 configs carry a
     `sliding_window` value that only `use_sliding_window: true` turns on."""
     window = data.get("sliding_window")
-    if data.get("model_type") == "qwen2" and not data.get("use_sliding_window", False):
+    if "use_sliding_window" in data and not data["use_sliding_window"]:
         window = None
     if "sliding_attention" in (data.get("layer_types") or []):
         window = window or -1
