@@ -32,9 +32,11 @@ def _register_models() -> None:
 def _register_load_type() -> None:
     from internlm.checkpoint.checkpoint_manager import CheckpointLoadMethod
 
-    from rethinktiny.internevo.loadtype import LOAD_TYPE, load_inherited
+    from rethinktiny.internevo.loadtype import LOAD_TYPE, load_inherited, refusing_rotate_half
 
     CheckpointLoadMethod.LOAD_TYPE_FUNC[LOAD_TYPE] = load_inherited
+    funcs = CheckpointLoadMethod.LOAD_TYPE_FUNC
+    funcs["internevo"] = refusing_rotate_half(funcs["internevo"])
 
 
 def _register_all() -> None:

@@ -97,6 +97,21 @@ def build_model() -> tuple[Any, Any]:
     return inject_model(create_model())
 
 
+def build_bare_model() -> Any:
+    """`gpc.config`'s model as its registered builder returns it, without InternEvo's AMP and
+    parallel wrappers (for parity checks against InternEvo's own models)."""
+    create = _optional("internlm.model.builder", "create_model")
+    if create is not None:
+        from internlm.train.pipeline import initialize_parallel_communicator
+
+        model = create()
+        initialize_parallel_communicator(model)  # its parallel linears refuse to run without one
+        return model
+    from internlm.core.context import global_context as gpc
+
+    return model_registry().get_module(gpc.config.model_type)(**gpc.config.model)
+
+
 def make_loss(cfg) -> Any:
     """InternEvo's packed-sequence cross entropy for `gpc.config`."""
     parallel_output = cfg.model.get("parallel_output", False)
