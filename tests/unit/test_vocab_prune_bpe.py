@@ -104,12 +104,12 @@ def pruned(hf_folder, counted, tmp_path_factory):
 
 def test_merge_simulation_matches_tokenizers(hf_folder, documents):
     """`bpe_word` (used for merge paths) is Hugging Face BPE: same result on every vocabulary token
-    and on every pre-token of 300 documents."""
+    and on every pre-token of 100 documents."""
     body = _body(hf_folder)
     ranks = merge_ranks(body["model"])
     fast = _fast(body)
     words = list(body["model"]["vocab"])
-    for text in documents[:300]:
+    for text in documents[::57]:
         words += [w for w, _ in fast.pre_tokenizer.pre_tokenize_str(text)]
     for word in words:
         assert bpe_word(list(word), ranks)[0] == [t.value for t in fast.model.tokenize(word)]
@@ -186,10 +186,11 @@ def test_transformers_parity(pruned, documents):
     from rethinktiny.tokenizer import load_tokenizer
 
     folder = pruned[SIZES[0]][1]
-    encoded = [e.ids for e in _fast(_body(folder)).encode_batch(documents)]
+    texts = documents[::3]  # a third: transformers' batch call is the slowest step of this file
+    encoded = [e.ids for e in _fast(_body(folder)).encode_batch(texts)]
     auto = AutoTokenizer.from_pretrained(str(folder))
-    assert auto(documents)["input_ids"] == encoded
-    assert auto(documents, add_special_tokens=False)["input_ids"] == load_tokenizer(folder).encode_batch(documents) \
+    assert auto(texts)["input_ids"] == encoded
+    assert auto(texts, add_special_tokens=False)["input_ids"] == load_tokenizer(folder).encode_batch(texts) \
         == [ids[:-1] for ids in encoded]
 
 
@@ -199,14 +200,14 @@ def test_token_map_gives_original_ids(hf_folder, pruned, documents, n):
     token_map = load_token_map(pruned[n][1])
     kept = set(token_map.new_to_old)
     original, small = _fast(_body(hf_folder)), _fast(_body(pruned[n][1]))
-    lines = {line for text in documents[::3] for line in text.splitlines() if line.strip()}
+    lines = {line for text in documents[::2] for line in text.splitlines() if line.strip()}
     lines = sorted(lines)
     checked = 0
     for old, new in zip(original.encode_batch(lines), small.encode_batch(lines)):
         if set(old.ids) <= kept:
             checked += 1
             assert [token_map.new_to_old[i] for i in new.ids] == old.ids
-    assert checked >= 100  # 106 lines at 400 ids, thousands at 900
+    assert checked >= 100  # the fewest at 400 ids (106 lines of a third of the documents)
 
 
 def test_ignore_merges_layout(hf_folder, counted, documents):
