@@ -8,8 +8,8 @@ minutes on two shared cores). Build once, cached:
         ~/.cache/rethinktiny/llama-cpp-sdist/llama_cpp_python-0.3.36.tar.gz -w ~/.cache/rethinktiny/llama-cpp-wheel
     flock /tmp/pip.lock .venv/bin/pip install -c /work/constraints.txt ~/.cache/rethinktiny/llama-cpp-wheel/llama_cpp_python-*.whl
 
-Then `.venv/bin/python bench/gguf_parity.py [--types f32,f16] [--big]` (q8_0 files crash this llama.cpp
-build on this CPU inside its AMX repack path, see docs/huggingface.md). For the tiny model (the `tiny` preset of configs/tiny_cpu.py,
+Then `.venv/bin/python bench/gguf_parity.py [--types f32,f16,q8_0] [--big] [--repack]` (by default
+llama.cpp's weight repacking is off: its AMX repack of Q8_0 crashes this build on this CPU). For the tiny model (the `tiny` preset of configs/tiny_cpu.py,
 random weights scaled so that the next token depends on context, the bundled sample's tokenizer),
 it exports one HF folder (float32) and GGUF f32/f16/q8_0 files with rethinktiny's converters and
 reports, per GGUF type: max |logit difference| and argmax agreement against transformers over the
@@ -63,6 +63,27 @@ def make_checkpoint(folder: Path, preset: str, vocab: int, seq_len: int, scale: 
     return cfg
 
 
+def load_llama(path: Path, n_ctx: int, repack: bool):
+    """llama.cpp on one thread. `repack=False` turns off llama.cpp's extra weight buffers (the AMX
+    repack of Q8_0 weights segfaults in this build on an AMX CPU for the tiny model's shapes)."""
+    import llama_cpp
+    import llama_cpp.llama as high_level
+
+    default_params = high_level.llama_cpp.llama_model_default_params
+
+    def params():
+        value = default_params()
+        value.use_extra_bufts = repack
+        return value
+
+    high_level.llama_cpp.llama_model_default_params = params
+    try:
+        return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=1, n_batch=512, logits_all=True,
+                               verbose=False)
+    finally:
+        high_level.llama_cpp.llama_model_default_params = default_params
+
+
 def hf_logits(model, ids: list[int]) -> np.ndarray:
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].float().numpy()
@@ -94,7 +115,7 @@ def decode_speed_llama(llm, prompt: list[int], new: int) -> float:
 
 
 def run(preset: str, tokenizer: Path, texts: list[str], outtypes: list[str], docs: int, new_tokens: int,
-        seq_len: int, scale: float, work: Path, check_tokenizer: bool) -> dict:
+        seq_len: int, scale: float, work: Path, check_tokenizer: bool, repack: bool = False) -> dict:
     import sentencepiece as spm
     from transformers import AutoModelForCausalLM
 
@@ -110,15 +131,14 @@ def run(preset: str, tokenizer: Path, texts: list[str], outtypes: list[str], doc
     hf = AutoModelForCausalLM.from_pretrained(str(work / "hf"), local_files_only=True).eval()
     ctx = min(seq_len, 512)
     prompts = [[sp.bos_id()] + sp.encode(t)[:ctx - 1] for t in texts[:docs]]
-    result = {"preset": preset, "params": sum(p.numel() for p in hf.parameters()), "docs": len(prompts),
+    result = {"preset": preset, "repack": repack, "params": sum(p.numel() for p in hf.parameters()), "docs": len(prompts),
               "positions": sum(len(p) for p in prompts), "types": {}}
     torch.set_num_threads(1)
     reference = [hf_logits(hf, ids) for ids in prompts]
     result["transformers_tokens_per_s"] = decode_speed_hf(hf, prompts[0][:16], new_tokens)
     for outtype in outtypes:
         path = to_gguf(work / "ckpt", work / f"gguf_{outtype}", tokenizer, outtype=outtype, progress=False)
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=ctx + new_tokens + 16, n_threads=1, n_batch=512, logits_all=True,
-                              verbose=True)
+        llm = load_llama(path, ctx + new_tokens + 16, repack)
         deltas, agree = [], 0
         for ids, want in zip(prompts, reference):
             got = llama_logits(llm, ids)
@@ -144,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=int, default=8, help="documents for the logit comparison")
     parser.add_argument("--new-tokens", type=int, default=64, help="greedy tokens timed per decode run")
     parser.add_argument("--types", default="f32,f16,q8_0", help="GGUF types for the tiny model")
+    parser.add_argument("--repack", action="store_true",
+                        help="let llama.cpp repack weights into its extra (AMX) buffers (crashes for q8_0 tiny here)")
     parser.add_argument("--big", action="store_true", help="also a random pangu_pi_1b_pro-shaped model")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -152,12 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gguf_parity_") as tmp:
         (Path(tmp) / "tiny").mkdir()
         results.append(run("tiny", Path(args.tokenizer), texts, args.types.split(","), args.docs,
-                           args.new_tokens, 256, 4.0, Path(tmp) / "tiny", check_tokenizer=True))
+                           args.new_tokens, 256, 4.0, Path(tmp) / "tiny", check_tokenizer=True, repack=args.repack))
         print(json.dumps(results[-1], indent=1), flush=True)
     if args.big:
         with tempfile.TemporaryDirectory(prefix="gguf_parity_big_") as tmp:
             results.append(run("pangu_pi_1b_pro", Path(args.tokenizer), texts, ["f16", "q8_0"], 1,
-                               min(args.new_tokens, 16), 2048, 1.0, Path(tmp), check_tokenizer=False))
+                               min(args.new_tokens, 16), 2048, 1.0, Path(tmp), check_tokenizer=False,
+                               repack=args.repack))
             print(json.dumps(results[-1], indent=1), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
