@@ -140,7 +140,7 @@ def _installed_versions() -> tuple[tuple[str, str], ...]:
     from importlib import metadata
 
     found = [("python", platform.python_version())]
-    for dist in ("torch", "numpy", "sentencepiece", "internevo", "transformers", "rethinktiny"):
+    for dist in ("torch", "numpy", "sentencepiece", "tokenizers", "internevo", "transformers", "rethinktiny"):
         try:
             found.append((dist, metadata.version(dist)))
         except metadata.PackageNotFoundError:
