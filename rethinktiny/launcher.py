@@ -113,7 +113,7 @@ def srun_command(args: argparse.Namespace) -> list[str]:
 
 def validate_config(path: str, overrides: Sequence[str]) -> None:
     """Check what can be checked before any process starts: the model shape, the model type and
-    the training data folder. Raises UserError naming the key."""
+    the training and validation data folders. Raises UserError naming the key."""
     from rethinktiny.config import MODEL_TYPES, from_internevo
     from rethinktiny.configfiles.load import apply_overrides
 
@@ -129,11 +129,16 @@ def validate_config(path: str, overrides: Sequence[str]) -> None:
         if "model" not in config:
             raise UserError(f"{path}: no model=dict(...) entry")
         from_internevo(dict(config["model"]), source=f"{path}: model")
-    train_folder = config.get("data", {}).get("train_folder")
-    if train_folder:
-        from rethinktiny.data.tokenized import require_bin_files
+    data = config.get("data", {})
+    from rethinktiny.data.tokenized import require_bin_files
 
-        require_bin_files(train_folder)
+    if data.get("train_folder"):
+        require_bin_files(data["train_folder"])
+    if (data.get("valid_every") or 0) > 0:
+        if not data.get("valid_folder"):
+            raise UserError(f"{path}: data.valid_every={data['valid_every']} but data.valid_folder is not set "
+                            "(set valid_every=0 to train without validation)")
+        require_bin_files(data["valid_folder"])
 
 
 def internevo_model_types() -> list[str]:

@@ -57,9 +57,10 @@ class StepLog:
         self.last_time = time.time()
 
     def write(self, step: int, loss: float, lr: float, grad_norm: float, skipped: bool,
-              valid: dict[str, dict[str, float]] | None = None) -> None:
+              valid: dict[str, dict[str, float]] | None = None, step_end: float | None = None) -> None:
+        """One step's record; `step_end`: when its update finished (validation time is not training time)."""
         now = time.time()
-        tokens_per_s = self.tokens_per_step / max(now - self.last_time, 1e-9)
+        tokens_per_s = self.tokens_per_step / max((step_end or now) - self.last_time, 1e-9)
         self.last_time = now
         record = {"step": step, "loss": round(loss, 6), "lr": lr, "grad_norm": round(grad_norm, 6),
                   "tokens": step * self.tokens_per_step, "tokens_per_s": round(tokens_per_s, 1),
@@ -242,12 +243,13 @@ def _train_loop(trainer, train_dl, train_state, ckpt_manager, metric, log, model
         mean_loss = _mean_over_data_parallel(loss)
         if not torch.isfinite(torch.tensor(mean_loss)):
             raise FloatingPointError(f"loss is {mean_loss} at step {batch_count + 1}")
-        valid = None
+        valid, step_end = None, time.time()
         if valid_every and val_dls and train_state.step_count % valid_every == 0:
             valid = validate(trainer, val_dls, train_state.step_count)  # every rank takes part
         if gpc.is_rank_for_log():
             lr = trainer.engine.optimizer.param_groups[0]["lr"]
-            log.write(train_state.step_count, mean_loss, lr, _grad_norm(grad_norm_groups), not success, valid)
+            log.write(train_state.step_count, mean_loss, lr, _grad_norm(grad_norm_groups), not success, valid,
+                      step_end)
         saved_before = ckpt_manager.storage_manager.latest_save_step
         now_break = ckpt_manager.try_save_checkpoint(train_state)
         if ckpt_manager.storage_manager.latest_save_step != saved_before and gpc.is_rank_for_log() and model_cfg:
