@@ -162,7 +162,11 @@ def _load_sentencepiece(file: Path) -> Tokenizer:
 
 
 def _load_huggingface(file: Path) -> Tokenizer:
-    from tokenizers import Tokenizer as FastTokenizer
+    try:
+        from tokenizers import Tokenizer as FastTokenizer
+    except ImportError:
+        raise UserError(f"{file}: reading a Hugging Face tokenizer.json needs the tokenizers package "
+                        f"(pip install 'rethinktiny[hf]')") from None
 
     try:
         backend = FastTokenizer.from_file(str(file))
