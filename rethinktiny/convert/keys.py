@@ -117,17 +117,13 @@ def half_to_interleaved(tensor: torch.Tensor, num_heads: int) -> torch.Tensor:
 # Our fused name: one foreign tensor that holds wq, wk and wv (split with `split_wqkv`).
 FUSED_QKV = "attention.wqkv."
 
-_LAYER_PARTS = {
-    "attention.wqkv.weight": "attention.wqkv.weight", "attention.wqkv.bias": "attention.wqkv.bias",
-    "attention.wo.weight": "attention.wo.weight", "attention.wo.bias": "attention.wo.bias",
-    "feed_forward.w1.weight": "feed_forward.w1.weight", "feed_forward.w2.weight": "feed_forward.w2.weight",
-    "feed_forward.w3.weight": "feed_forward.w3.weight", "attention_norm.weight": "attention_norm.weight",
-    "ffn_norm.weight": "ffn_norm.weight",
-}
-# InternEvo INTERNLM2 / INTERNLM2_PUBLIC checkpoints: our names except the fused wqkv.
+# InternEvo INTERNLM2 / INTERNLM2_PUBLIC checkpoints: our names, except the fused wqkv.
+_INTERNLM2_LAYER = ("attention.wqkv.weight", "attention.wqkv.bias", "attention.wo.weight", "attention.wo.bias",
+                    "feed_forward.w1.weight", "feed_forward.w2.weight", "feed_forward.w3.weight",
+                    "attention_norm.weight", "ffn_norm.weight")
 INTERNEVO_INTERNLM2: dict[str, str] = {
-    "tok_embeddings.weight": "tok_embeddings.weight", "norm.weight": "norm.weight",
-    "output.weight": "output.weight", **{f"layers.{{}}.{k}": f"layers.{{}}.{v}" for k, v in _LAYER_PARTS.items()},
+    **{name: name for name in ("tok_embeddings.weight", "norm.weight", "output.weight")},
+    **{f"layers.{{}}.{name}": f"layers.{{}}.{name}" for name in _INTERNLM2_LAYER},
 }
 # The HF InternLM2ForCausalLM (remote code): the same under `model.`, except the head.
 HF_INTERNLM2: dict[str, str] = {("output.weight" if k == "output.weight" else f"model.{k}"): v
