@@ -125,10 +125,21 @@ def _option_notes(source: ModelConfig, target: ModelConfig) -> list[str]:
         notes.append(f"{source.aug_shortcuts - target.aug_shortcuts} augmented shortcut(s) per layer dropped")
     if target.tie_embeddings and not source.tie_embeddings:
         notes.append("target ties embeddings: the output head takes the input embedding's rows")
-    for key in ("norm_eps", "rope_theta"):
-        if getattr(source, key) != getattr(target, key):
-            notes.append(f"{key}: source {getattr(source, key)}, target {getattr(target, key)} (target's used)")
     return notes
+
+
+# Numbers the inherited weights were trained with: a different RoPE base rotates every inherited
+# q/k pair by the wrong angle (measured on SmolLM2-135M, rope_theta 1e5 -> 1e4: the student starts
+# far worse than with the source's base), so the student keeps the source's values.
+SOURCE_NUMERICS = ("rope_theta", "norm_eps")
+
+
+def keep_source_numerics(source: ModelConfig, target: ModelConfig) -> tuple[ModelConfig, list[str]]:
+    """`target` with the source's RoPE base and norm epsilon, and a note per value that changed."""
+    changed = {key: getattr(source, key) for key in SOURCE_NUMERICS if getattr(source, key) != getattr(target, key)}
+    notes = [f"{key}: source {value}, target config {getattr(target, key)} (source's kept: the inherited "
+             f"weights were trained with it)" for key, value in changed.items()]
+    return target.replace(**changed), notes
 
 
 def gather_target(source: Source, plan: KeepPlan, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
@@ -194,7 +205,8 @@ def inherit(src: str | Path, target: str | ModelConfig, dst: str | Path, layers:
     check_writable(dst, force)
     _check_choices(layers, width, dtype, calib)
     source = open_source(src, resolve_target(src_config) if src_config is not None else None)
-    cfg, target_cfg = source.config, resolve_target(target)
+    cfg = source.config
+    target_cfg, numerics_notes = keep_source_numerics(cfg, resolve_target(target))
     vocab = read_token_map(token_map, cfg.vocab_size, target_cfg.vocab_size) if token_map else None
     check_target_fits(cfg, target_cfg, token_map_given=vocab is not None)
     if is_explicit_list(layers):
@@ -206,6 +218,7 @@ def inherit(src: str | Path, target: str | ModelConfig, dst: str | Path, layers:
     kept_layers = choose_layers(layers, cfg.num_layers, target_cfg.num_layers, influence)
     scores = width_scores(width, source, kept_layers, target_cfg, calibration, vocab, seed, learn_steps, micro_rows)
     plan = build_plan(scores, source, target_cfg, kept_layers, vocab)
+    plan.notes.extend(numerics_notes)
     args = dict(src=str(src), target=target if isinstance(target, str) else target_cfg.to_dict(), dst=str(dst),
                 layers=layers, width=width, calib=str(calib) if calib else None, calib_tokens=calib_tokens,
                 calib_seq_len=calib_seq_len, token_map=str(token_map) if token_map else None, dtype=dtype,

@@ -6,14 +6,23 @@ import pytest
 import torch
 
 from rethinktiny.checkpoint import load_model, save_model_only
-from rethinktiny.config import get_preset
+from rethinktiny.config import ModelConfig, get_preset
 from rethinktiny.data.tokenized import write_documents
 from rethinktiny.inherit.apply import inherit
-from rethinktiny.inherit.prune import identity_plan, prune_width
+from rethinktiny.inherit.prune import KeepPlan, LayerKeep, prune_width
 from rethinktiny.model import PanGuPi
 
 CFG = get_preset("tiny")  # 4 layers x 128, 4 heads / 2 kv heads of 32, FFN 352, vocab 4096
 IDS = torch.randint(0, CFG.vocab_size, (2, 24), generator=torch.Generator().manual_seed(1))
+
+
+def identity_plan(cfg: ModelConfig) -> KeepPlan:
+    """A plan that keeps everything of `cfg`: pruning with it must change nothing."""
+    layers = [LayerKeep(i, torch.arange(cfg.num_attention_heads), torch.arange(cfg.num_kv_heads),
+                        torch.arange(cfg.intermediate_size),
+                        [torch.arange(cfg.aug_shortcut_dim) for _ in range(cfg.aug_shortcuts)])
+              for i in range(cfg.num_layers)]
+    return KeepPlan(cfg, cfg, torch.arange(cfg.hidden_size), layers)
 
 
 def make_source(folder, cfg=CFG, seed=0):
@@ -172,3 +181,17 @@ def test_pangu_pi_extras_and_biases_are_inherited(tmp_path):
     notes = __import__("json").loads((pro / "inherit_report.json").read_text())["notes"]
     assert any("series" in n for n in notes) and any("biases dropped" in n for n in notes)
     assert load_model(pro).cfg == CFG
+
+
+def test_student_keeps_the_source_rope_base_and_norm_eps(tmp_path):
+    # A target config written from a preset carries rope_theta 1e4; a source trained with 1e5 (as
+    # SmolLM2 is) would have every inherited q/k pair rotated wrongly, so the source's value wins.
+    source_cfg = CFG.replace(rope_theta=100000.0, norm_eps=1e-6)
+    model = make_source(tmp_path / "src", source_cfg)
+    out = inherit(tmp_path / "src", CFG, tmp_path / "same")
+    student = load_model(out)
+    assert (student.cfg.rope_theta, student.cfg.norm_eps) == (100000.0, 1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(student(IDS), model(IDS), rtol=0, atol=0)
+    notes = __import__("json").loads((out / "inherit_report.json").read_text())["notes"]
+    assert any(n.startswith("rope_theta: source 100000.0, target config 10000.0 (source's kept") for n in notes)
