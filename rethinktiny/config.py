@@ -201,13 +201,6 @@ def get_preset(name: str) -> ModelConfig:
 
 # ---- InternEvo `model=dict(...)` ----------------------------------------------------------------
 
-# Keys InternEvo's own launcher/trainer read from `model=dict(...)` that are not part of the shape.
-INTERNEVO_RUNTIME_KEYS = (
-    "checkpoint", "dtype", "embed_split_hidden", "embed_grad_scale", "parallel_output",
-    "use_flash_attn", "num_chunks", "apply_post_layer_norm", "norm_type", "mlp_layer_fusion",
-)
-
-
 def from_internevo(model: dict[str, Any], source: str = "model") -> ModelConfig:
     """Build a ModelConfig from an InternEvo `model=dict(...)` entry (LLAMA2 or ours).
 

@@ -43,19 +43,6 @@ def model_config_from_file(path: str | Path) -> ModelConfig:
     return from_internevo(entry, source=f"{path}: model")
 
 
-def data_config_from_file(path: str | Path) -> dict[str, Any]:
-    """The `data=dict(...)` entry with InternEvo's defaults for the keys batch building uses."""
-    config = load_config_file(path)
-    if "data" not in config:
-        raise UserError(f"{path}: no data=dict(...) entry")
-    data = dict(config["data"])
-    for key in ("seq_len", "micro_bsz"):
-        if key not in data:
-            raise UserError(f"{path}: data.{key} is required")
-    data.setdefault("micro_num", 1)
-    return data
-
-
 LOCAL_PREFIX = "local:"  # InternEvo's storage prefix for the file system (it also knows boto3:, oss2:, volc:)
 
 

@@ -23,7 +23,6 @@ import numpy as np
 from rethinktiny.errors import UserError
 
 BIN_SUFFIX = ".bin"
-META_SUFFIX = ".bin.meta"
 
 
 def find_bin_files(folder: str | os.PathLike) -> list[Path]:
@@ -43,11 +42,6 @@ def require_bin_files(folder: str | os.PathLike) -> list[Path]:
     if not files:
         raise UserError(f"{folder}: no .bin files found (expected <folder>/<type>/*.bin)")
     return files
-
-
-def type_names(folder: str | os.PathLike) -> list[str]:
-    """Data types in InternEvo's order (sorted sub-folder names)."""
-    return sorted(p.name for p in Path(folder).iterdir() if p.is_dir())
 
 
 def read_meta(bin_path: str | os.PathLike) -> np.ndarray | None:

@@ -21,7 +21,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from rethinktiny.inherit.sources import Source
 from rethinktiny.model import Block, RMSNorm, rope_cos_sin
@@ -206,17 +205,3 @@ def layers_backward(runner: LayerRunner, inputs: list[torch.Tensor], grad: torch
         runner.source.release()
     return grad
 
-
-def full_model_reference(runner: LayerRunner) -> nn.Module:
-    """The kept layers as one ordinary PanGuPi (for tests comparing against plain autograd)."""
-    from rethinktiny.model import PanGuPi
-
-    cfg = runner.cfg.replace(num_layers=len(runner.layers))
-    model = PanGuPi(cfg)
-    state = {"tok_embeddings.weight": runner.source.tensor("tok_embeddings.weight").float(),
-             "norm.weight": runner.source.tensor("norm.weight").float(),
-             "output.weight": runner.source.tensor("output.weight").float()}
-    for new, index in enumerate(runner.layers):
-        state.update({f"layers.{new}.{k}": v.float() for k, v in runner.source.layer(index).items()})
-    model.load_state_dict(state, strict=True)
-    return model

@@ -196,11 +196,3 @@ def prune_width(state_dict: dict[str, torch.Tensor], keep: KeepPlan) -> dict[str
             out[f"layers.{new_index}.{name}"] = t
     return out
 
-
-def identity_plan(cfg: ModelConfig) -> KeepPlan:
-    """A plan that keeps everything of `cfg` (useful as a reference in tests)."""
-    layers = [LayerKeep(i, torch.arange(cfg.num_attention_heads), torch.arange(cfg.num_kv_heads),
-                        torch.arange(cfg.intermediate_size),
-                        [torch.arange(cfg.aug_shortcut_dim) for _ in range(cfg.aug_shortcuts)])
-              for i in range(cfg.num_layers)]
-    return KeepPlan(cfg, cfg, torch.arange(cfg.hidden_size), layers)

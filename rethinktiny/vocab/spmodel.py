@@ -79,10 +79,6 @@ def sp_vocab_size(path: str | os.PathLike) -> int:
     return len(load_model_proto(path).pieces)
 
 
-def piece_types(proto) -> list[int]:
-    return [piece.type for piece in proto.pieces]
-
-
 def count_by_type(proto, ids=None) -> dict[str, int]:
     """How many pieces of each type (by name); only `ids` when given."""
     counts = {name: 0 for name in TYPE_NAMES.values()}

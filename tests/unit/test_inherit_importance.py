@@ -12,8 +12,9 @@ from rethinktiny.inherit.importance import (LayerSums, _gate_gradients, activati
                                             hard_concrete_keep_probability, hard_concrete_sample, layer_unit_scores,
                                             learnable_scores, magnitude_scores, taylor_scores)
 from rethinktiny.inherit.layers import top_indices
-from rethinktiny.inherit.layerwise import Gates, LayerRunner, full_model_reference, gate_hooks
+from rethinktiny.inherit.layerwise import Gates, LayerRunner, gate_hooks
 from rethinktiny.inherit.sources import open_source, release_mapped_files
+from rethinktiny.model import PanGuPi
 from tests.unit.test_inherit_prune import CFG, make_source
 
 KEPT = [0, 2, 3]
@@ -25,6 +26,19 @@ def source(tmp_path_factory):
     folder = tmp_path_factory.mktemp("src") / "ckpt"
     make_source(folder, CFG.replace(attention_bias=True))
     return open_source(folder)
+
+
+def full_model_reference(runner: LayerRunner) -> PanGuPi:
+    """The kept layers as one ordinary PanGuPi, to compare the layer-wise passes with plain autograd."""
+    cfg = runner.cfg.replace(num_layers=len(runner.layers))
+    model = PanGuPi(cfg)
+    state = {"tok_embeddings.weight": runner.source.tensor("tok_embeddings.weight").float(),
+             "norm.weight": runner.source.tensor("norm.weight").float(),
+             "output.weight": runner.source.tensor("output.weight").float()}
+    for new, index in enumerate(runner.layers):
+        state.update({f"layers.{new}.{k}": v.float() for k, v in runner.source.layer(index).items()})
+    model.load_state_dict(state, strict=True)
+    return model
 
 
 def _mean_loss(model, ids, hidden_gate=None):
