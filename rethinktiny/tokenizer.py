@@ -46,6 +46,8 @@ class Tokenizer:
         vocab_size: number of ids (highest id + 1); a model needs at least this many embedding rows.
         bos_id, eos_id, pad_id, unk_id: special ids, None where the tokenizer has none.
         prefix, suffix: the ids the tokenizer's own framing puts before/after a text.
+        backend: the library object (`sentencepiece.SentencePieceProcessor` or `tokenizers.Tokenizer`),
+            for the few callers that need that library's own API (piece types, merges).
     """
 
     def __init__(self, kind: str, path: Path, backend, vocab_size: int, specials: dict[str, int | None],
