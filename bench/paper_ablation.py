@@ -96,6 +96,7 @@ class Scale:
     widths: tuple[str, ...] = ("random", "l1", "l2", "activation", "taylor", "learnable")
     layer_choices: tuple[str, ...] = ("uniform", "block-influence")
     coverages: tuple[float, ...] = (0.99, 0.98)
+    mr_order: str = "sources"  # round 1's pass: documents grouped by source, or in the sample's random order
     rows: int = 8
     seq: int = 128
     lr: float = 2e-3
@@ -233,20 +234,33 @@ def prepare_tokenizers(train_jsonl: Path, work: Path, coverages: tuple[float, ..
     return found + [prune_to_coverage(model, counts_file, target, work) for target in coverages]
 
 
-def seed_text(train_jsonl: Path, seed: int, text_bytes: int, dst: Path) -> Path:
+def seed_documents(train_jsonl: Path, seed: int, text_bytes: int) -> list[dict]:
     """The seed's text sample: training documents in a seeded random order until `text_bytes`."""
-    if dst.is_file():
-        return dst
     lines = [line for line in open(train_jsonl, encoding="utf-8") if line.strip()]
     order = np.random.default_rng(seed).permutation(len(lines))
     chosen, size = [], 0
     for index in order:
         if size >= text_bytes:
             break
-        text = json.loads(lines[index])["text"]
-        chosen.append(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-        size += len(text.encode("utf-8"))
-    write_file_atomic(dst, "".join(chosen))
+        record = json.loads(lines[index])
+        chosen.append({"text": record["text"], "source": record.get("source", "default")})
+        size += len(record["text"].encode("utf-8"))
+    return chosen
+
+
+def seed_text(train_jsonl: Path, seed: int, text_bytes: int, dst: Path, by_source: bool = False) -> Path:
+    """The seed's sample as jsonl: in its random order, or (`by_source`) the same documents grouped
+    by source, the sources in a seeded order (a pass that moves from one kind of text to another)."""
+    if dst.is_file():
+        return dst
+    docs = seed_documents(train_jsonl, seed, text_bytes)
+    if by_source:
+        sources = sorted({d["source"] for d in docs})
+        rank = {name: i for i, name in enumerate(np.random.default_rng(seed + 100).permutation(sources))}
+        docs = sorted(docs, key=lambda d: rank[d["source"]])  # stable: random order inside a source
+    write_file_atomic(dst, "".join(json.dumps({"text": d["text"]}, ensure_ascii=False) + "\n" for d in docs))
+    if by_source:
+        write_json(dst.with_suffix(".sources.json"), [d["source"] for d in docs])
     return dst
 
 
@@ -294,10 +308,12 @@ class Bench:
         self.results: list[Result] = []
         self.extras: dict[str, dict] = {}  # recipe-level figures (forgetting, draws, ...)
 
-    def text_folder(self, seed: int, vocab: int) -> Path:
+    def text_folder(self, seed: int, vocab: int, by_source: bool = False) -> Path:
         """The seed's text tokenized with `vocab`'s tokenizer (one type folder, document order kept)."""
-        text = seed_text(self.train_jsonl, seed, self.scale.text_bytes, self.seed_dir(seed) / "text.jsonl")
-        folder = self.seed_dir(seed) / f"tok{vocab}"
+        name = "text-by-source" if by_source else "text"
+        text = seed_text(self.train_jsonl, seed, self.scale.text_bytes, self.seed_dir(seed) / f"{name}.jsonl",
+                         by_source)
+        folder = self.seed_dir(seed) / (f"tok{vocab}-by-source" if by_source else f"tok{vocab}")
         if not folder.is_dir():
             tokenize_corpus(text, self.tokenizers[vocab].model, folder, type_key=None, force=True)
         return folder
@@ -311,8 +327,9 @@ class Bench:
         s = self.scale
         return f"b{s.text_bytes}-r{s.rows}x{s.seq}-lr{s.lr:g}"
 
-    def batches(self, seed: int, vocab: int) -> list[torch.Tensor]:
-        return ordered_batches(token_stream(self.text_folder(seed, vocab)), self.scale.rows, self.scale.seq)
+    def batches(self, seed: int, vocab: int, by_source: bool = False) -> list[torch.Tensor]:
+        return ordered_batches(token_stream(self.text_folder(seed, vocab, by_source)), self.scale.rows,
+                               self.scale.seq)
 
     def measure(self, model: PanGuPi) -> tuple[float, float]:
         """(held-out nats per token, bits per UTF-8 byte)."""
@@ -418,9 +435,21 @@ def forgetting(losses: np.ndarray, held_out: float) -> dict:
 
 
 def recipe_multiround(bench: Bench, seed: int, round1: PanGuPi, round1_result: Result) -> None:
-    """Round 2 on 50% of round 1's batches by softmax(loss), a uniform 50%, or one longer round."""
+    """Round 2 on 50% of round 1's batches by softmax(loss), a uniform 50%, or one longer round.
+    With --mr-order sources, round 1 is its own run on the seed's text grouped by source."""
     vocab = bench.compact.vocab
-    data = bench.batches(seed, vocab)  # exactly round 1's batches, in round 1's order
+    by_source = bench.scale.mr_order == "sources"
+    data = bench.batches(seed, vocab, by_source)  # exactly round 1's batches, in round 1's order
+    suffix = "-by-source" if by_source else ""
+    if by_source:
+
+        def first_round():
+            torch.manual_seed(seed)  # the same initialisation as recipe 1's compact run
+            model = bench.fit(PanGuPi(round1.cfg), data, f"round 1 by source seed {seed}")
+            return model, tokens_of(data), len(data), {}
+
+        round1, round1_result = bench.run(f"mr-round1-{vocab}{suffix}-seed{seed}", "4 multi-round",
+                                          "1 round (one pass, documents grouped by source)", seed, first_round)
     keep = num_to_select(len(data), ratio=0.5)
     losses = batch_losses(round1, data)
     drawn = resample(losses, keep, seeded_generator(10 * seed + 2))
@@ -433,18 +462,22 @@ def recipe_multiround(bench: Bench, seed: int, round1: PanGuPi, round1_result: R
         "uniform_mean_position": float(position[uniform].mean()),
         "max_over_min_probability": float(drawn.probabilities.max() / drawn.probabilities.min()),
         "losses": losses.tolist()}
-    bench.results.append(Result("4 multi-round", "1 round (recipe 1's compact run)", seed, round1_result.params,
-                                round1_result.train_tokens, round1_result.steps, round1_result.loss,
-                                round1_result.bits_per_byte, round1_result.seconds))
+    if not by_source:
+        bench.results.append(Result("4 multi-round", "1 round (recipe 1's compact run)", seed, round1_result.params,
+                                    round1_result.train_tokens, round1_result.steps, round1_result.loss,
+                                    round1_result.bits_per_byte, round1_result.seconds))
+    else:
+        sources = json.loads((bench.seed_dir(seed) / "text-by-source.sources.json").read_text())
+        bench.extras["forgetting"][seed]["source_order"] = list(dict.fromkeys(sources))
 
     def second_round(chosen: np.ndarray, label: str):
         part = [data[i] for i in chosen]
         model = bench.fit(copy.deepcopy(round1), part, f"{label} seed {seed}")
         return model, round1_result.train_tokens + tokens_of(part), round1_result.steps + len(part), {}
 
-    bench.run(f"mr-softmax-{vocab}-seed{seed}", "4 multi-round", "2 rounds, 50% by softmax(loss)", seed,
+    bench.run(f"mr-softmax-{vocab}{suffix}-seed{seed}", "4 multi-round", "2 rounds, 50% by softmax(loss)", seed,
               lambda: second_round(drawn.selected, "round 2 softmax"))
-    bench.run(f"mr-uniform-{vocab}-seed{seed}", "4 multi-round", "2 rounds, 50% uniform", seed,
+    bench.run(f"mr-uniform-{vocab}{suffix}-seed{seed}", "4 multi-round", "2 rounds, 50% uniform", seed,
               lambda: second_round(uniform, "round 2 uniform"))
 
     def longer():
@@ -455,7 +488,7 @@ def recipe_multiround(bench: Bench, seed: int, round1: PanGuPi, round1_result: R
         model = bench.fit(PanGuPi(round1.cfg), part, f"one longer round seed {seed}")
         return model, tokens_of(part), len(part), {}
 
-    bench.run(f"mr-longer-{vocab}-seed{seed}", "4 multi-round", "1 longer round (same tokens as 2 rounds)", seed,
+    bench.run(f"mr-longer-{vocab}{suffix}-seed{seed}", "4 multi-round", "1 longer round (same tokens as 2 rounds)", seed,
               longer)
 
 
@@ -589,7 +622,8 @@ def forgetting_section(bench: Bench) -> str:
         figures[s]["last_minus_held"] = figures[s]["last_fifth"] - figures[s]["held_out"]
         figures[s]["drawn_minus_all"] = figures[s]["drawn_mean_loss"] - figures[s]["all_mean_loss"]
         figures[s]["drawn_position_minus_half"] = figures[s]["drawn_mean_position"] - 0.5
-    deciles = np.mean([figures[s]["deciles"] for s in seeds], axis=0)
+    lengths = {len(figures[s]["deciles"]) for s in seeds}  # < 10 batches: as many parts as batches
+    deciles = np.mean([figures[s]["deciles"] for s in seeds], axis=0) if len(lengths) == 1 else []
     return "\n".join([
         f"Forgetting after round 1 (the round-1 model's loss on its own training batches, nats/token; "
         f"mean ± SE over {len(seeds)} seeds, then per seed):", "",
@@ -602,14 +636,23 @@ def forgetting_section(bench: Bench) -> str:
         row("softmax draw: mean loss of drawn − of all batches", "drawn_minus_all"),
         row("softmax draw: mean position of drawn batches − 0.5 (negative = early)", "drawn_position_minus_half"),
         row("largest / smallest draw probability", "max_over_min_probability"),
-        "", "Batch loss by decile of the pass (mean over seeds): " + ", ".join(f"{d:.3f}" for d in deciles)])
+        "", "Batch loss by decile of the pass (mean over seeds): " + ", ".join(f"{d:.3f}" for d in deciles)]
+        + ([] if "source_order" not in figures[seeds[0]] else
+           ["", "Source order of the pass: " + "; ".join(f"seed {s}: {' → '.join(figures[s]['source_order'])}"
+                                                        for s in seeds)]))
 
 
 def multiround_section(bench: Bench) -> str:
     one, soft, uni, longer = list(by_variant(bench.results, "4 multi-round"))[:4]
     pairs = [(soft, uni), (soft, longer), (uni, longer), (soft, one)]
-    return "\n".join(["**Recipe 4, multi-round** (round 1 = recipe 1's compact-tokenizer run; later rounds and "
-                      "the longer round on the same fixed set):", "",
+    if bench.scale.mr_order == "sources":
+        head = (f"round 1 = one pass over the seed's text with its documents grouped by source, the sources in "
+                f"a seeded order; {bench.compact.vocab:,}-piece tokenizer, base body, same initialisation as "
+                f"recipe 1")
+    else:
+        head = "round 1 = recipe 1's compact-tokenizer run (documents in the sample's random order)"
+    return "\n".join([f"**Recipe 4, multi-round** ({head}; later rounds and the longer round on the same "
+                      "fixed set):", "",
                       variant_table(bench.results, "4 multi-round"), "",
                       comparisons(bench.results, "4 multi-round", pairs), "", forgetting_section(bench)])
 
@@ -743,13 +786,17 @@ def resolve_scale(args: argparse.Namespace) -> tuple[Scale, str]:
         changes["inherit_seeds"] = args.inherit_seeds
     if args.learn_steps is not None:
         changes["learn_steps"] = args.learn_steps
+    if args.mr_order is not None:
+        changes["mr_order"] = args.mr_order
     if args.eval_chars is not None:
         changes["eval_chars"] = args.eval_chars or None  # 0 = every held-out document
     scale = Scale(**{**asdict(base), **changes})
     name = "quick" if args.quick else args.scale
     if "seeds" in changes:
         name += "-seeds-" + "-".join(map(str, scale.seeds))
-    return scale, name + ("-custom" if set(changes) - {"seeds"} else "")
+    if scale.mr_order != "sources":
+        name += f"-mr-{scale.mr_order}"
+    return scale, name + ("-custom" if set(changes) - {"seeds", "mr_order"} else "")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -765,6 +812,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--text-bytes", type=int, help="bytes of training text per seed (default: the scale's)")
     parser.add_argument("--learn-steps", type=int, help="learnable-mask steps (default 300, their converged count)")
     parser.add_argument("--eval-chars", type=int, help="held-out characters scored (0: all; default: the scale's)")
+    parser.add_argument("--mr-order", choices=("sources", "text"),
+                        help="round 1's pass for recipe 4: sources = the seed's documents grouped by source "
+                             "(default; a forgetting regime), text = recipe 1's run (random document order)")
     parser.add_argument("--holdout-every", type=int, default=20, help="hold out every N-th document (default 20)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: faster on the shared machine)")
     parser.add_argument("--reuse-work", type=Path,
