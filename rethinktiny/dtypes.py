@@ -65,6 +65,21 @@ def dtype_argument(keep: bool = False):
     return convert
 
 
+def config_dtype_argument():
+    """An argparse `type=` for the dtype written into an InternEvo config (`config export --dtype`):
+    any spelling above becomes InternEvo's `torch.<name>`; `tf32` / `torch.tf32` (InternEvo's float32
+    with TF32 matmuls) is accepted too."""
+    plain = dtype_argument()
+
+    def convert(text: str) -> str:
+        if text.removeprefix("torch.") == "tf32":
+            return "torch.tf32"
+        return "torch." + plain(text)
+
+    convert.__name__ = "dtype"
+    return convert
+
+
 def dtype_help(keep: bool = False) -> str:
     """The accepted values, for a flag's help text."""
     return " | ".join([*(("auto",) if keep else ()), *DTYPES]) + " (or fp32, bf16, fp16)"

@@ -7,6 +7,7 @@ import shlex
 import sys
 
 from rethinktiny.configfiles.export import TrainOptions
+from rethinktiny.dtypes import config_dtype_argument, dtype_help
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +22,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     for name in ("seq_len", "micro_num", "micro_bsz", "total_steps", "zero1_size", "checkpoint_every"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--dtype", default=defaults.dtype)
+    p.add_argument("--dtype", default=defaults.dtype, type=config_dtype_argument(),
+                   help=f"model.dtype of the config: {dtype_help()} or tf32 (default {defaults.dtype})")
     p.add_argument("--train-folder", default=None)
     p.add_argument("--valid-folder", default=None)
     p.add_argument("--save-ckpt-folder", default=defaults.save_ckpt_folder)

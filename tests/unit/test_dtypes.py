@@ -58,3 +58,17 @@ def test_every_dtype_flag_parses_the_same_strings(words, flag, keep, monkeypatch
         main([*words, flag, "int8"])
     assert exit_info.value.code == 2
     assert "unknown dtype 'int8'" in capsys.readouterr().err
+
+
+def test_config_export_writes_internevo_spelling(monkeypatch):
+    import rethinktiny.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "run_command", lambda func, args: seen.append(args.dtype))
+    for text in ("bf16", "bfloat16", "torch.bfloat16", "fp32", "tf32", "torch.tf32"):
+        main(["config", "export", "--dtype", text])
+    assert seen == ["torch.bfloat16"] * 3 + ["torch.float32"] + ["torch.tf32"] * 2
+    main(["config", "export"])
+    assert seen[-1] == "torch.bfloat16"  # the default stays the seed's
+    with pytest.raises(SystemExit):
+        main(["config", "export", "--dtype", "int8"])
