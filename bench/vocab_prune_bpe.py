@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 from rethinktiny.data.tokenized import BinWriter  # noqa: E402
 from rethinktiny.tokenizer import load_tokenizer  # noqa: E402
 from rethinktiny.vocab.bpe_prune import (build_pruned_json, candidate_order, id_table, merge_paths,  # noqa: E402
-                                         merge_ranks, prune_bpe, required_ids, unreachable_tokens)
+                                         prune_bpe, required_ids, unreachable_tokens)
 from rethinktiny.vocab.count import count_folder  # noqa: E402
 from rethinktiny.vocab.sum_counts import merge_counts, read_frequency_file  # noqa: E402
 
@@ -113,8 +113,7 @@ def drop_keep(body: dict, counts: np.ndarray, n: int) -> list[int]:
     largest k that leaves at most `n` ids (the set grows with k, so a binary search finds it)."""
     required = required_ids(body).all
     order = candidate_order(body, counts, required)
-    ranks = merge_ranks(body["model"])
-    paths = merge_paths(body["model"]["vocab"], ranks, order, id_table(body))
+    paths = merge_paths(body, order)
 
     def closed(k: int) -> set[int]:
         top = required | set(order[:k])
