@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import time
@@ -35,6 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+SDIST = Path.home() / ".cache/rethinktiny/llama-cpp-sdist"
 
 
 def _need_llama_cpp():
@@ -82,6 +84,36 @@ def load_llama(path: Path, n_ctx: int, repack: bool):
                                verbose=False)
     finally:
         high_level.llama_cpp.llama_model_default_params = default_params
+
+
+def compare_with_llama_cpp_converter(hf_folder: Path, ours: Path, work: Path) -> dict | None:
+    """Run the sdist's vendored `convert_hf_to_gguf.py` (llama.cpp's own converter) on the HF
+    export (f32) and compare its tensors and metadata with our f32 GGUF; None without the sdist."""
+    import subprocess
+    import tarfile
+
+    import gguf
+
+    sdist = next(SDIST.glob("llama_cpp_python-*.tar.gz"), None)
+    if sdist is None:
+        return None
+    src = work / "llama_cpp_src"
+    with tarfile.open(sdist) as tar:
+        members = [m for m in tar.getmembers() if "/vendor/llama.cpp/" in m.name and (
+            m.name.endswith("convert_hf_to_gguf.py") or "/gguf-py/" in m.name or "/conversion/" in m.name)]
+        tar.extractall(src, members=members, filter="data")
+    script = next(src.rglob("convert_hf_to_gguf.py"))
+    out = work / "reference_f32.gguf"
+    subprocess.run([sys.executable, str(script), str(hf_folder), "--outtype", "f32", "--outfile", str(out)],
+                   check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(script.parent / "gguf-py")})
+    mine, ref = gguf.GGUFReader(ours), gguf.GGUFReader(out)
+    a, b = {t.name: t for t in mine.tensors}, {t.name: t for t in ref.tensors}
+    same = sorted(n for n in a if n in b and np.array_equal(np.asarray(a[n].data), np.asarray(b[n].data)))
+    fa = {k: f.contents() for k, f in mine.fields.items() if not k.startswith("GGUF.")}
+    fb = {k: f.contents() for k, f in ref.fields.items() if not k.startswith("GGUF.")}
+    differing = sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
+    return {"tensors_identical": f"{len(same)}/{len(b)}", "same_tensor_names": set(a) == set(b),
+            "metadata_keys_differing": differing}
 
 
 def hf_logits(model, ids: list[int]) -> np.ndarray:
@@ -151,6 +183,8 @@ def run(preset: str, tokenizer: Path, texts: list[str], outtypes: list[str], doc
         if check_tokenizer and outtype == outtypes[0]:
             same = sum(llm.tokenize(t.encode("utf-8"), add_bos=False, special=False) == sp.encode(t) for t in texts)
             result["tokenizer_identical_docs"] = f"{same}/{len(texts)}"
+        if outtype == "f32" and not big:
+            row["vs_llama_cpp_converter"] = compare_with_llama_cpp_converter(work / "hf", path, work)
         result["types"][outtype] = row
         print(outtype, json.dumps(row), flush=True)
         del llm

@@ -88,6 +88,7 @@ def test_metadata_and_vocabulary(exported):
         64, 2, 96)
     assert (fields["llama.attention.head_count"], fields["llama.attention.head_count_kv"]) == (4, 2)
     assert fields["llama.rope.dimension_count"] == 16 and fields["llama.rope.freq_base"] == 50000.0
+    assert fields["llama.attention.key_length"] == fields["llama.attention.value_length"] == 16
     assert fields["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-5)
     assert fields["general.file_type"] == gguf.LlamaFileType.MOSTLY_F16
     assert fields["tokenizer.ggml.model"] == "llama"
