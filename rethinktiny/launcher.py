@@ -134,10 +134,7 @@ def validate_config(path: str, overrides: Sequence[str]) -> None:
 
     if data.get("train_folder"):
         require_bin_files(data["train_folder"])
-    if (data.get("valid_every") or 0) > 0:
-        if not data.get("valid_folder"):
-            raise UserError(f"{path}: data.valid_every={data['valid_every']} but data.valid_folder is not set "
-                            "(set valid_every=0 to train without validation)")
+    if (data.get("valid_every") or 0) > 0 and data.get("valid_folder"):
         require_bin_files(data["valid_folder"])
 
 

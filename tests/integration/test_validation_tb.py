@@ -69,7 +69,8 @@ def test_tensorboard_events_read_with_tensorboards_reader(validated_run, tokeniz
         assert [round(e.value, 4) for e in loss] == [round(rows[s - 1]["valid"][data_type]["loss"], 4) for s in (2, 4)]
 
 
-def test_valid_every_without_valid_folder_fails_before_start():
-    result = start_finetune("--set", "data.valid_every=5", timeout=120)
+def test_missing_valid_folder_fails_before_start():
+    result = start_finetune("--set", "data.valid_every=5", "--set", "data.valid_folder='/nonexistent/valid'",
+                            timeout=120)
     assert result.returncode == 2, explain(result)
-    assert "data.valid_every=5 but data.valid_folder is not set" in result.stderr.strip().splitlines()[-1]
+    assert result.stderr.strip().splitlines()[-1] == "error: /nonexistent/valid: data folder not found"
