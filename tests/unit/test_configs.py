@@ -95,3 +95,14 @@ def test_cpu_export_is_a_cpu_run(tmp_path):
     assert loaded["model"]["dtype"] == "torch.float32" and loaded["data"]["num_worker"] == 0
     assert not loaded["hybrid_zero_optimizer"]["overlap_sync_grad"] and loaded["enable_tb"] is False
     assert model_config_from_file(path) == cfg
+
+
+@pytest.mark.parametrize("path", [*CONFIGS, "exported"], ids=[*(p.name for p in CONFIGS), "exported"])
+def test_configs_carry_the_keys_internevos_builder_and_trainer_read(path, tmp_path):
+    """InternEvo's newest create_model pops apply_post_layer_norm, its trainer reads mlp_ratio
+    (KeyError without them), and qk_interleaved records our RoPE layout (its default is False)."""
+    if path == "exported":
+        path = export_config(tmp_path / "c.py", preset="pangu_pi_1b_pro", opts=TrainOptions(cpu_ranks=2))
+    model = load_config_file(path)["model"]
+    assert model["apply_post_layer_norm"] is False and model["qk_interleaved"] is True
+    assert model["mlp_ratio"] == model["intermediate_size"] / model["hidden_size"]
