@@ -21,6 +21,10 @@ from rethinktiny.errors import UserError
 from rethinktiny.model import KVCache, PanGuPi
 
 
+# `--measure llama.cpp`: the shape as a GGUF file in llama.cpp (rethinktiny.arch.llama_cpp_speed).
+LLAMA_CPP = "llama.cpp"
+
+
 @dataclass(frozen=True)
 class Speed:
     """Tokens per second at batch 1: one timed prefill, and decode rates from the per-step times
@@ -155,11 +159,17 @@ def measure_speed(cfg: ModelConfig, device: str = "cpu", dtype: str = "fp32", pr
 
     Args:
         cfg: the shape.
-        device: `cpu` or `cuda`.
+        device: `cpu`, `cuda`, or `llama.cpp` (a GGUF export timed in llama.cpp on the CPU,
+            with as many threads as torch uses).
         dtype: weight and cache dtype name (`float32`, `bfloat16`, `float16` on CUDA only, or
             their short forms `fp32`, `bf16`, `fp16`).
         prompt_len, decode_steps, warmup_steps, seed: see `measure_model`.
     """
+    if device == LLAMA_CPP:
+        from rethinktiny.arch.llama_cpp_speed import measure_speed_llama_cpp
+
+        return measure_speed_llama_cpp(cfg, dtype, prompt_len, decode_steps, warmup_steps, seed,
+                                       threads=torch.get_num_threads())
     torch_device = resolve_device(device)
     check_lengths(prompt_len, decode_steps, warmup_steps)
     model = random_model(cfg, torch_device, resolve_dtype(dtype, torch_device), seed)
@@ -184,7 +194,13 @@ def measure_rows(rows: list, device: str = "cpu", dtype: str = "fp32", prompt_le
     from tqdm import tqdm
 
     # Fail on bad flags before the first model is built.
-    resolve_dtype(dtype, resolve_device(device))
+    if device == LLAMA_CPP:
+        from rethinktiny.arch.llama_cpp_speed import require_llama_cpp, gguf_outtype
+
+        gguf_outtype(dtype)
+        require_llama_cpp()
+    else:
+        resolve_dtype(dtype, resolve_device(device))
     check_lengths(prompt_len, decode_steps, warmup_steps)
     if threads is not None:
         if threads <= 0:

@@ -26,8 +26,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-presets", action="store_true", help="do not add the 1B/1.5B Pro reference rows")
     p.add_argument("--seq-len", type=int, default=2048, help="sequence length of the FLOPs' attention term")
     p.add_argument("--kv-dtype", default="bf16", help="KV-cache element type: fp32, bf16, fp16, fp8, int8")
-    p.add_argument("--measure", choices=("cpu", "cuda"), default=None,
-                   help="also time prefill and batch-1 decode with random weights on this device")
+    p.add_argument("--measure", choices=("cpu", "cuda", "llama.cpp"), default=None,
+                   help="also time prefill and batch-1 decode with random weights on this device "
+                        "(llama.cpp: as a GGUF file in llama-cpp-python, float32 or float16)")
     p.add_argument("--measure-dtype", default="fp32", type=dtype_argument(),
                    help=f"weight dtype when measuring: {dtype_help()}; float16 on cuda only")
     p.add_argument("--prompt-len", type=int, default=32, help="prompt tokens of the timed prefill")

@@ -198,6 +198,24 @@ def bpe_vocab(path: Path) -> GGUFVocab:
                      add_eos=bool(loaded.suffix) and loaded.suffix[-1:] == [loaded.eos_id])
 
 
+def placeholder_vocab(vocab_size: int) -> GGUFVocab:
+    """A SentencePiece-form vocabulary of `vocab_size` made-up pieces (<unk>, <s>, </s>, the 256
+    byte pieces, then "▁t<i>"): for timing a random model in llama.cpp, which needs a vocabulary
+    but is then fed token ids directly."""
+    from gguf import TokenType
+
+    fixed = 3 + 256
+    if vocab_size < fixed:
+        raise UserError(f"vocab_size {vocab_size}: a placeholder vocabulary needs at least {fixed} pieces")
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    tokens += [f"\u2581t{i}" for i in range(vocab_size - fixed)]
+    types = [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL] + [TokenType.BYTE] * 256
+    types += [TokenType.NORMAL] * (vocab_size - fixed)
+    return GGUFVocab(model="llama", tokens=tokens, scores=[0.0] * fixed + [-float(i) for i in range(vocab_size - fixed)],
+                     token_types=[int(t) for t in types], special={"unk": 0, "bos": 1, "eos": 2}, add_bos=True,
+                     add_space_prefix=True)
+
+
 def load_vocab(tokenizer: str | os.PathLike) -> tuple[GGUFVocab, Path]:
     """(GGUF vocabulary, file read) of a SentencePiece model or an HF tokenizer folder / file."""
     from rethinktiny.tokenizer import SENTENCEPIECE, resolve_tokenizer_path
@@ -250,7 +268,7 @@ def to_gguf(src: str | os.PathLike, dst: str | os.PathLike, tokenizer: str | os.
         src: step folder with `model_tp*_pp*.pt`, or its parent (latest step); any tp/pp layout.
         dst: output folder (written atomically): `model.gguf` and `manifest.json`.
         tokenizer: the model's tokenizer: SentencePiece model file / folder with tokenizer.model,
-            or an HF folder / tokenizer.json (byte-level BPE).
+            or an HF folder / tokenizer.json (byte-level BPE); or a `GGUFVocab` (`placeholder_vocab`).
         outtype: "f32", "f16" or "q8_0".
         config: ModelConfig or InternEvo config file; default: the checkpoint's model config.
         context_length: `llama.context_length` (default: the training sequence length).
@@ -274,7 +292,7 @@ def to_gguf(src: str | os.PathLike, dst: str | os.PathLike, tokenizer: str | os.
     require_llama_equivalent(cfg, str(ckpt.folder))
     expected = parameter_shapes(cfg)
     ignored = check_source_keys(ckpt, expected)
-    vocab, tokenizer_file = load_vocab(tokenizer)
+    vocab, tokenizer_file = (tokenizer, None) if isinstance(tokenizer, GGUFVocab) else load_vocab(tokenizer)
     if len(vocab.tokens) != cfg.vocab_size:
         raise UserError(f"{tokenizer_file}: tokenizer has {len(vocab.tokens)} tokens but the model's vocab_size is "
                         f"{cfg.vocab_size}; export the tokenizer the model was trained with")
@@ -299,9 +317,9 @@ def to_gguf(src: str | os.PathLike, dst: str | os.PathLike, tokenizer: str | os.
             writer.write_tensor_data(encode_tensor(tensor, qtype))
         writer.close()
         write_manifest(tmp, "convert to-gguf",
-                       dict(src=str(src), tokenizer=str(tokenizer), outtype=outtype, config=config and str(config),
+                       dict(src=str(src), tokenizer=str(tokenizer_file or "placeholder vocabulary"), outtype=outtype, config=config and str(config),
                             context_length=context_length, name=name),
-                       inputs={"checkpoint": ckpt.folder, "tokenizer": tokenizer_file},
+                       inputs={"checkpoint": ckpt.folder, **({"tokenizer": tokenizer_file} if tokenizer_file else {})},
                        extra={"model_config": cfg.to_dict(), "source_step_folder": str(ckpt.folder),
                               "source_tp_pp": [ckpt.tp_size, ckpt.pp_size], "ignored_keys": ignored,
                               "context_length": {"value": context, "from": context_source},
