@@ -163,7 +163,7 @@ def run(config_path: str, overrides: list[str] = ()) -> None:
     """Train according to the already-launched InternEvo global context (`gpc.config`)."""
     from internlm.core.context import ParallelMode
     from internlm.core.context import global_context as gpc
-    from internlm.data import build_train_loader_with_data_type, build_valid_loader_with_data_type
+    from internlm.data import build_train_loader_with_data_type
     from internlm.data.train_state import get_train_state
     from internlm.model.metrics import AccPerplex
     from internlm.train.pipeline import get_scheduler_hooks, initialize_optimizer, load_new_batch
@@ -181,7 +181,7 @@ def run(config_path: str, overrides: list[str] = ()) -> None:
     model, isp_communicator = api.build_model()
     criterion = api.make_loss(cfg)
     train_dl, dataset_types = build_train_loader_with_data_type()
-    val_dls = build_valid_loader_with_data_type() if valid_every else {}
+    val_dls = valid_loaders() if valid_every else {}
     train_state = get_train_state(train_dl)
     optimizer, beta2_scheduler, lr_scheduler = initialize_optimizer(model, isp_communicator)
     ckpt_manager = api.checkpoint_manager(
@@ -203,6 +203,31 @@ def run(config_path: str, overrides: list[str] = ()) -> None:
     finally:
         log.close()
     ckpt_manager.wait_async_upload_finish()
+
+
+def valid_loaders() -> dict:
+    """InternEvo's validation loader of each data type, as its `build_valid_loader_with_data_type`
+    makes them, except that a type too small for one batch per rank is skipped on every rank: its
+    builder skips it on the logging rank only, and the other ranks fail on batch_size=0."""
+    from internlm.core.context import ParallelMode
+    from internlm.core.context import global_context as gpc
+    from internlm.data.build_dataloader import get_tokenized_valid_loader_items
+    from internlm.data.tokenized import get_dpsampler_dataloader
+
+    data_cfg = gpc.config.data
+    datasets, collate_fn = get_tokenized_valid_loader_items(data_cfg)
+    loaders = {}
+    for name, dataset in (datasets or {}).items():
+        rows = min(data_cfg.valid_micro_num * data_cfg.micro_bsz, len(dataset) // gpc.get_world_size(ParallelMode.DATA))
+        batch_size = rows // data_cfg.micro_bsz * data_cfg.micro_bsz
+        if batch_size == 0:
+            if gpc.is_rank_for_log():
+                print(f"[rethinktiny] validation skips {name}: fewer than micro_bsz={data_cfg.micro_bsz} packed "
+                      "rows per data-parallel rank", flush=True)
+            continue
+        loaders[name] = get_dpsampler_dataloader(dataset, shuffle=False, num_workers=data_cfg.get("num_worker", 0),
+                                                 batch_size=batch_size, collate_fn=collate_fn, drop_last=True)
+    return loaders
 
 
 def _check_validation(data_cfg) -> int:

@@ -1,6 +1,7 @@
 """Validation every `data.valid_every` steps on `data.valid_folder` (InternEvo's own evaluation, per
 data type) and TensorBoard events in `tensorboard_folder`, read back with tensorboard's reader."""
 
+import json
 import math
 
 import pytest
@@ -12,13 +13,22 @@ from .helpers import explain, metrics, start_finetune, train_tiny
 def tokenized_valid(tmp_path_factory, tiny_tokenizer, sample_valid_corpus):
     from rethinktiny.data.prepare import tokenize_corpus
 
-    folder = tmp_path_factory.mktemp("data") / "valid"
+    root = tmp_path_factory.mktemp("data")
+    folder = root / "valid"
     tokenize_corpus(sample_valid_corpus, tiny_tokenizer, folder)
+    # A data type too small for one validation batch per rank: skipped on every rank.
+    one_doc = root / "tiny.jsonl"
+    one_doc.write_text(json.dumps({"text": "one short document", "source": TOO_SMALL}) + "\n")
+    tokenize_corpus(one_doc, tiny_tokenizer, root / "tiny")
+    (root / "tiny" / TOO_SMALL).rename(folder / TOO_SMALL)
     return folder
 
 
+TOO_SMALL = "tiny_type"
+
+
 def _data_types(folder):
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and any(p.glob("*.bin")))
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and any(p.glob("*.bin")) and p.name != TOO_SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +48,8 @@ def test_validation_every_valid_every_steps_per_data_type(validated_run, tokeniz
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert [("valid" in r) for r in rows] == [False, True, False, True]
     types = _data_types(tokenized_valid)
-    assert len(types) >= 2
+    assert len(types) >= 2 and (tokenized_valid / TOO_SMALL).is_dir()
+    assert f"validation skips {TOO_SMALL}" in result.stdout
     for row in (rows[1], rows[3]):
         assert sorted(row["valid"]) == types
         for figures in row["valid"].values():
