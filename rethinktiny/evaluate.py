@@ -102,21 +102,13 @@ def load_hf_model(folder: Path, tokenizer: str | os.PathLike | None, dtype: str)
 def load_internevo_model(path: Path, config: ModelConfig | str | os.PathLike | None,
                          tokenizer: str | os.PathLike | None, dtype: str) -> EvalModel:
     """An InternEvo checkpoint (any tp/pp layout) as our `PanGuPi`."""
-    from rethinktiny.checkpoint import check_state_dict
-    from rethinktiny.convert.export import open_checkpoint
-    from rethinktiny.model import PanGuPi
+    from rethinktiny.checkpoint import find_step_folder, load_model
+    from rethinktiny.convert.export import resolve_model_config
 
-    ckpt = open_checkpoint(path, config)
-    cfg = ckpt.config
-    state = {k: v for k, v in ckpt.state_dict().items() if not k.endswith("rotary_emb.inv_freq")}
-    if cfg.tie_embeddings and "output.weight" not in state:
-        state["output.weight"] = state.get("tok_embeddings.weight")
-    model = PanGuPi(cfg)
-    check_state_dict(state, {k: v.shape for k, v in model.state_dict().items()}, str(ckpt.folder))
-    model.load_state_dict(state, strict=True)
-    model.to(parse_dtype(dtype)).eval()
+    model = load_model(path, resolve_model_config(config), dtype)
+    cfg = model.cfg
     # from-hf and inherit put the tokenizer next to the weights (step folder) or in the folder given.
-    loaded = model_tokenizer(tokenizer, (ckpt.folder, path))
+    loaded = model_tokenizer(tokenizer, (find_step_folder(path), path))
     loaded.check_fits(cfg.vocab_size)
     return EvalModel(model, loaded, "internevo")
 

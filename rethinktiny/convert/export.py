@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from rethinktiny.artifacts import check_writable, output_dir, write_json, write_manifest
-from rethinktiny.checkpoint import InternEvoCheckpoint
+from rethinktiny.checkpoint import InternEvoCheckpoint, is_rotary_buffer
 from rethinktiny.config import ModelConfig
 from rethinktiny.convert.context_length import resolve_context_length
 from rethinktiny.convert.hf_config import generation_config_dict, llama_config_dict, require_llama_equivalent
@@ -24,9 +24,6 @@ from rethinktiny.convert.tokenizer_files import DEFAULT_SPECIAL_IDS, check_token
 from rethinktiny.dtypes import parse_dtype
 from rethinktiny.errors import UserError
 from rethinktiny.model import parameter_shapes
-
-# Keys InternEvo may keep next to the weights that carry no parameters.
-IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -60,7 +57,7 @@ def check_source_keys(ckpt: InternEvoCheckpoint, expected: dict[str, tuple[int, 
     if missing:
         raise UserError(f"{ckpt.folder}: missing key {missing[0]} ({len(missing)} missing) for "
                         f"{ckpt.config.model_type} with {ckpt.config.num_layers} layers")
-    ignored = [k for k in ckpt.keys() if k.endswith(IGNORED_SUFFIXES)]
+    ignored = [k for k in ckpt.keys() if is_rotary_buffer(k)]
     unknown = [k for k in ckpt.keys() if k not in expected and k not in ignored]
     if unknown:
         raise UserError(f"{ckpt.folder}: unexpected key {unknown[0]} ({len(unknown)} unexpected); "
