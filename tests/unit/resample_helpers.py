@@ -86,11 +86,11 @@ def internevo_single_rank(tmp_path_factory):
     store = tmp_path_factory.mktemp("store") / "store"
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
     gpc._global_ranks[ParallelMode.GLOBAL] = 0
-    # The newest InternEvo's datasets read data.use_shm and use_packed_dataset (its launch's defaults
-    # for packed training) from the global config.
+    # InternEvo's packed datasets read the global config: the newest data.use_shm and
+    # use_packed_dataset (its launch's defaults for packed training), 0.4.9 `model is None`.
     config_before = gpc._config
     if config_before is None:
-        gpc.load_config(dict(data=dict(use_shm=False, use_packed_dataset=True)))
+        gpc.load_config(dict(model=None, data=dict(use_shm=False, use_packed_dataset=True)))
     yield
     gpc._config = config_before
     gpc._global_ranks.pop(ParallelMode.GLOBAL, None)
