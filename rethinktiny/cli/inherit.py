@@ -12,7 +12,8 @@ from rethinktiny.errors import UserError
 # bench/real_teacher.py, table in docs/parameter-inheritance.md), not on this project's miniature
 # teachers, whose ordering of the metrics did not carry over.
 DEFAULT_WIDTH = "activation"
-DEFAULT_LAYERS = "first-last"
+# Block influence is measured whenever --calib is given, so the default layer choice costs nothing extra.
+DEFAULT_LAYERS = "block-influence"
 DEFAULT_CALIB_TOKENS = 4096
 MAGNITUDE_METRICS = ("l1", "l2")
 # Held-out loss (nats/token) at step 0 of SmolLM2-135M students, measured by bench/real_teacher.py.
@@ -70,8 +71,8 @@ def _inherit(args: argparse.Namespace) -> None:
 
     if args.width == DEFAULT_WIDTH and args.calib is None:
         raise UserError(f"--width {DEFAULT_WIDTH} (the default) scores units on calibration data: pass --calib "
-                        "(a tokenized folder, or jsonl text in the source's tokenizer), or --width random to "
-                        "inherit without data")
+                        "(a tokenized folder, or jsonl text in the source's tokenizer), or --width random "
+                        "--layers first-last to inherit without data")
     warning = magnitude_warning(args.width)
     if warning:
         print(warning, file=sys.stderr)

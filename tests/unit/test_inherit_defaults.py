@@ -48,7 +48,7 @@ def test_default_metric_is_not_a_magnitude_metric():
 @pytest.mark.parametrize("width", ["l1", "l2"])
 def test_magnitude_metric_prints_the_warning(tmp_path, src, target, capsys, width):
     assert main(["inherit", "--src", str(src), "--target", str(target), "--dst", str(tmp_path / "out"),
-                 "--width", width]) == 0
+                 "--width", width, "--layers", "first-last"]) == 0
     err = capsys.readouterr().err
     assert f"warning: --width {width} ranks heads, neurons and channels by weight magnitude" in err
     assert f"{cli_inherit.MEASURED[width]:.2f}" in err and "--width activation --calib" in err
@@ -67,5 +67,5 @@ def test_default_metric_without_calibration_names_both_ways_out(tmp_path, src, t
     assert main(["inherit", "--src", str(src), "--target", str(target), "--dst", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --width activation (the default) scores units on calibration data")
-    assert "pass --calib" in err and "--width random" in err and err.count("\n") == 1
+    assert "pass --calib" in err and "--width random --layers first-last" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()

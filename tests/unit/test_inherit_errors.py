@@ -113,6 +113,6 @@ def test_cli_writes_and_reports_errors(tmp_path, src, capsys):
     report = json.loads((tmp_path / "out" / "inherit_report.json").read_text())
     assert report["layers"]["kept"] == [0, 3]
     assert main(["inherit", "--src", str(src), "--target", "pangu_pi_1b_pro", "--dst", str(tmp_path / "big"),
-                 "--width", "random"]) == 2
+                 "--width", "random", "--layers", "first-last"]) == 2
     assert "error: target hidden_size 1792 is larger than the source's 128" in capsys.readouterr().err
     assert not (tmp_path / "big").exists()
