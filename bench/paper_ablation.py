@@ -43,6 +43,7 @@ import shlex
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -740,10 +741,12 @@ def plot(bench: Bench, path: Path) -> None:
     ax = axes[0]
     for seed, fig_data in sorted(bench.extras.get("forgetting", {}).items()):
         losses = np.asarray(fig_data["losses"])
-        ax.plot(np.linspace(0, 1, len(losses)), losses, alpha=0.35, lw=0.8)
-        bins = np.array_split(losses, 10)
-        ax.plot(np.linspace(0.05, 0.95, 10), [b.mean() for b in bins], marker="o", label=f"seed {seed} (deciles)")
-        ax.axhline(fig_data["held_out"], ls="--", lw=0.8, color=ax.lines[-1].get_color())
+        color = f"C{seed % 10}"
+        ax.plot(np.linspace(0, 1, len(losses)), losses, alpha=0.3, lw=0.8, color=color)
+        bins = np.array_split(losses, min(10, len(losses)))
+        ax.plot((np.arange(len(bins)) + 0.5) / len(bins), [b.mean() for b in bins], marker="o", color=color,
+                label=f"seed {seed} (deciles)")
+        ax.axhline(fig_data["held_out"], ls="--", lw=0.8, color=color)
     ax.set_xlabel("position of the batch in round 1's pass (0 = seen first)")
     ax.set_ylabel("round-1 model's loss (nats/token)")
     ax.set_title("forgetting: loss on its own training batches after one pass (dashed: held-out)", fontsize=9)
@@ -817,6 +820,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default; a forgetting regime), text = recipe 1's run (random document order)")
     parser.add_argument("--holdout-every", type=int, default=20, help="hold out every N-th document (default 20)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: faster on the shared machine)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds trained in parallel processes, one thread each (default 1; 2 on an idle "
+                             "2-core machine halves the wall time)")
     parser.add_argument("--reuse-work", type=Path,
                         help="work folder kept between runs: tokenizers, tokenized text and finished runs are "
                              "reused (more seeds, or a resumed run, cost only what is new)")
@@ -826,9 +832,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-work", action="store_true", help="keep the work folder inside --out")
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
-    if args.holdout_every < 2 or args.threads < 1:
-        parser.error("--holdout-every must be >= 2 and --threads >= 1")
+    if args.holdout_every < 2 or args.threads < 1 or args.jobs < 1:
+        parser.error("--holdout-every must be >= 2, --threads and --jobs >= 1")
     return args
+
+
+def seed_job_command(args: argparse.Namespace, scale: Scale, seed: int, work: Path, out: Path) -> list[str]:
+    """This script for one seed, sharing `work` (tokenizers are ready; runs are keyed by seed)."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--corpus", str(args.corpus),
+               "--scale", "quick" if args.quick else args.scale, "--seeds", str(seed),
+               "--inherit-seeds", "1" if seed in scale.seeds[:scale.inherit_seeds] else "0",
+               "--text-bytes", str(scale.text_bytes), "--learn-steps", str(scale.learn_steps),
+               "--eval-chars", str(scale.eval_chars or 0), "--mr-order", scale.mr_order,
+               "--holdout-every", str(args.holdout_every), "--threads", str(args.threads),
+               "--reuse-work", str(work), "--results-md", "none", "--out", str(out), "--force"]
+    return command
+
+
+def run_seed_jobs(args: argparse.Namespace, scale: Scale, work: Path, folder: Path) -> None:
+    """Train the seeds in `args.jobs` parallel processes (one core each); the caller then reads
+    every run from the cache. Each job's log is `folder/seed<S>.log`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pending, running = list(scale.seeds), []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            seed = pending.pop(0)
+            log = open(folder / f"seed{seed}.log", "w", encoding="utf-8")
+            command = seed_job_command(args, scale, seed, work, folder / f"seed{seed}")
+            running.append((seed, log, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)))
+            print(f"seed {seed}: started (log {folder / f'seed{seed}.log'})", flush=True)
+        time.sleep(2)
+        for job in list(running):
+            seed, log, process = job
+            if process.poll() is not None:
+                log.close()
+                running.remove(job)
+                if process.returncode != 0:
+                    for _, other_log, other in running:
+                        other.terminate()
+                        other.wait()
+                        other_log.close()
+                    raise UserError(f"seed {seed} failed (exit {process.returncode}); see {folder / f'seed{seed}.log'}")
+                print(f"seed {seed}: done", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -847,6 +892,9 @@ def main(argv: list[str] | None = None) -> None:
         tokenizers = prepare_tokenizers(train_jsonl, work, scale.coverages)
         bench = Bench(scale, work, train_jsonl, tokenizers, eval_texts(held, scale.eval_chars))
         seconds = {"data": time.perf_counter() - start}
+        if args.jobs > 1 and len(scale.seeds) > 1:
+            run_seed_jobs(args, scale, work.resolve(), tmp / "seed_jobs")
+            seconds["seed jobs"] = time.perf_counter() - start - seconds["data"]
         for seed in scale.seeds:
             run_seed(bench, seed, seconds)
         seconds["total"] = time.perf_counter() - start
