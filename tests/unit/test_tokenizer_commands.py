@@ -205,7 +205,8 @@ def test_inherit_calibrates_on_text_with_the_sources_own_tokenizer(tmp_path, hf_
                      "text calibration needs the source model's tokenizer", "--calib-tokenizer")
     assert not (tmp_path / "x").exists()
     assert main(["inherit", "--src", str(bare), "--target", target, "--dst",
-                 str(tmp_path / "y"), "--width", "activation", "--calib", str(SAMPLE_VALID), "--calib-tokenizer",
+                 str(tmp_path / "y"), "--width", "activation", "--layers", "first-last", "--calib", str(SAMPLE_VALID),
+                 "--calib-tokenizer",
                  str(hf_bpe_tokenizer), "--calib-tokens", "256", "--calib-seq-len", "64"]) == 0
     c = torch.load(tmp_path / "y" / "model_tp0_pp0.pt", weights_only=True)
     assert all(torch.equal(a[k], c[k]) for k in a)
