@@ -223,7 +223,8 @@ def inherit(src: str | Path, target: str | ModelConfig, dst: str | Path, layers:
                 layers=layers, width=width, calib=str(calib) if calib else None, calib_tokens=calib_tokens,
                 calib_seq_len=calib_seq_len, token_map=str(token_map) if token_map else None, dtype=dtype,
                 learn_steps=learn_steps, micro_rows=micro_rows,
-                calib_tokenizer=str(calib_tokenizer) if calib_tokenizer and is_text_calibration(calib) else None)
+                calib_tokenizer=(str(calib_tokenizer) if calib_tokenizer and calib is not None
+                                 and is_text_calibration(calib) else None))
     with output_dir(dst, force) as tmp:
         state = gather_target(source, plan, parse_dtype(dtype, keep=True))
         save_model_only(tmp, state, target_cfg)

@@ -195,3 +195,13 @@ def test_student_keeps_the_source_rope_base_and_norm_eps(tmp_path):
         torch.testing.assert_close(student(IDS), model(IDS), rtol=0, atol=0)
     notes = __import__("json").loads((out / "inherit_report.json").read_text())["notes"]
     assert any(n.startswith("rope_theta: source 100000.0, target config 10000.0 (source's kept") for n in notes)
+
+
+def test_no_calibration_with_a_tokenizer_next_to_the_source(tmp_path, hf_bpe_tokenizer):
+    # A tokenizer beside the weights used to make a calibration-free run crash (calib None).
+    make_source(tmp_path / "src")
+    import shutil
+
+    shutil.copy(hf_bpe_tokenizer / "tokenizer.json", tmp_path / "src" / "tokenizer.json")
+    out = inherit(tmp_path / "src", CFG.replace(num_layers=2), tmp_path / "out", width="l2")
+    assert load_model(out).cfg.num_layers == 2
