@@ -93,6 +93,9 @@ def render_config(cfg: ModelConfig, opts: TrainOptions | None = None, command: s
     opts = opts or TrainOptions()
     if opts.cpu_ranks and opts.dtype == TrainOptions.dtype:
         opts = dataclasses.replace(opts, dtype="torch.float32")  # bf16 matmuls are slow on most CPUs
+    if opts.cpu_ranks and opts.zero1_size == TrainOptions.zero1_size:
+        # The cluster default (ZeRO-1 over 8) is more ranks than a CPU run has: InternEvo refuses it.
+        opts = dataclasses.replace(opts, zero1_size=-1)
     header = [f"# InternEvo config for {cfg.name}: {cfg.num_layers} layers x {cfg.hidden_size}, "
               f"{cfg.num_attention_heads} heads ({cfg.num_kv_heads} kv), FFN {cfg.intermediate_size}, "
               f"vocabulary {cfg.vocab_size}, {cfg.num_params() / 1e9:.3f}B parameters "

@@ -94,6 +94,10 @@ def test_cpu_export_is_a_cpu_run(tmp_path):
     assert loaded["model_type"] == "PANGU_PI" and loaded["launch"] == {"nproc_per_node": 2}
     assert loaded["model"]["dtype"] == "torch.float32" and loaded["data"]["num_worker"] == 0
     assert not loaded["hybrid_zero_optimizer"]["overlap_sync_grad"] and loaded["enable_tb"] is False
+    # ZeRO-1 over all ranks: the cluster default of 8 is more than 2 ranks have (InternEvo refuses it).
+    assert loaded["parallel"]["zero1"]["size"] == -1
+    assert load_config_file(export_config(tmp_path / "z.py", cfg=cfg, opts=TrainOptions(cpu_ranks=2, zero1_size=2))
+                            )["parallel"]["zero1"]["size"] == 2
     assert model_config_from_file(path) == cfg
 
 
