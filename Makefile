@@ -41,8 +41,11 @@ unit: install
 integration: install
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
+# The real teacher (SmolLM2-135M-Instruct, built once by `make real-teacher` into TEACHER_DIR);
+# TEACHER=self runs the old miniature with a teacher trained here.
 demo: install
-	$(BIN)/python -m rethinktiny.demo --sample $(SAMPLE) $(if $(FORCE),--force,)
+	$(if $(filter self,$(TEACHER)),,test -f "$(TEACHER_DIR)/manifest.json" || $(MAKE) real-teacher)
+	$(BIN)/python -m rethinktiny.demo --sample $(SAMPLE) --teacher "$(if $(filter self,$(TEACHER)),self,$(TEACHER_DIR))" $(if $(FORCE),--force,)
 
 bench: install
 	$(BIN)/python bench/run_all.py

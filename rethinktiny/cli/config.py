@@ -38,6 +38,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     for flag in ("hidden-size", "num-layers", "num-attention-heads", "num-kv-heads", "intermediate-size",
                  "series-terms", "aug-shortcuts", "aug-shortcut-dim"):
         shape.add_argument(f"--{flag}", type=int, default=None)
+    shape.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=None,
+                       help="the output head shares the input embedding (as SmolLM2/LLaMA-3.2 teachers do)")
     p.add_argument("--comment", action="append", default=[], metavar="TEXT",
                    help="a line for the file's header comment (repeatable)")
     p.add_argument("--force", action="store_true", help="replace an existing --dst")
@@ -55,7 +57,8 @@ def _export(args: argparse.Namespace) -> None:
     cfg = read_model_config(args.inherit) if args.inherit else get_preset(args.preset)
     shape = {key: getattr(args, key) for key in ("hidden_size", "num_layers", "num_attention_heads", "num_kv_heads",
                                                  "intermediate_size", "series_terms", "aug_shortcuts",
-                                                 "aug_shortcut_dim", "vocab_size") if getattr(args, key) is not None}
+                                                 "aug_shortcut_dim", "vocab_size", "tie_embeddings")
+             if getattr(args, key) is not None}
     comments = list(args.comment)
     if shape and not args.inherit:
         # The file keeps naming the preset it starts from (`preset=` in model=dict) and says which

