@@ -32,19 +32,24 @@ $(STAMP): setup.py
 	$(BIN)/python -m pip install -q -e ".[dev,hf]"
 	touch $(STAMP)
 
+# The demo test needs the real teacher: a fresh machine builds it (cached in TEACHER_DIR).
+TEACHER_READY = test -f "$(TEACHER_DIR)/manifest.json" || $(MAKE) real-teacher
+
 test: install
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	$(TEACHER_READY)
+	RETHINKTINY_TEACHER="$(TEACHER_DIR)" $(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 integration: install
-	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+	$(TEACHER_READY)
+	RETHINKTINY_TEACHER="$(TEACHER_DIR)" $(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 # The real teacher (SmolLM2-135M-Instruct, built once by `make real-teacher` into TEACHER_DIR);
 # TEACHER=self runs the old miniature with a teacher trained here.
 demo: install
-	$(if $(filter self,$(TEACHER)),,test -f "$(TEACHER_DIR)/manifest.json" || $(MAKE) real-teacher)
+	$(if $(filter self,$(TEACHER)),,$(TEACHER_READY))
 	$(BIN)/python -m rethinktiny.demo --sample $(SAMPLE) --teacher "$(if $(filter self,$(TEACHER)),self,$(TEACHER_DIR))" $(if $(FORCE),--force,)
 
 bench: install
