@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from rethinktiny.arch.llama_cpp_speed import load_llama  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SDIST = Path.home() / ".cache/rethinktiny/llama-cpp-sdist"
@@ -63,27 +64,6 @@ def make_checkpoint(folder: Path, preset: str, vocab: int, seq_len: int, scale: 
     save_model_only(folder, {k: v.to(dtype) for k, v in model.state_dict().items()}, cfg)
     torch.save(f"data = dict(seq_len={seq_len})\n", folder / CONFIG_TEXT_FILE)
     return cfg
-
-
-def load_llama(path: Path, n_ctx: int, repack: bool):
-    """llama.cpp on one thread. `repack=False` turns off llama.cpp's extra weight buffers (the AMX
-    repack of Q8_0 weights segfaults in this build on an AMX CPU for the tiny model's shapes)."""
-    import llama_cpp
-    import llama_cpp.llama as high_level
-
-    default_params = high_level.llama_cpp.llama_model_default_params
-
-    def params():
-        value = default_params()
-        value.use_extra_bufts = repack
-        return value
-
-    high_level.llama_cpp.llama_model_default_params = params
-    try:
-        return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=1, n_batch=512, logits_all=True,
-                               verbose=False)
-    finally:
-        high_level.llama_cpp.llama_model_default_params = default_params
 
 
 def compare_with_llama_cpp_converter(hf_folder: Path, ours: Path, work: Path) -> dict | None:
@@ -170,7 +150,7 @@ def run(preset: str, tokenizer: Path, texts: list[str], outtypes: list[str], doc
     result["transformers_tokens_per_s"] = decode_speed_hf(hf, prompts[0][:16], new_tokens)
     for outtype in outtypes:
         path = to_gguf(work / "ckpt", work / f"gguf_{outtype}", tokenizer, outtype=outtype, progress=False)
-        llm = load_llama(path, ctx + new_tokens + 16, repack)
+        llm = load_llama(path, ctx + new_tokens + 16, threads=1, repack=repack, logits_all=True)
         deltas, agree = [], 0
         for ids, want in zip(prompts, reference):
             got = llama_logits(llm, ids)

@@ -41,23 +41,31 @@ def require_llama_cpp():
     return llama_cpp
 
 
-def _load(path: Path, n_ctx: int, threads: int):
+def load_llama(path: Path, n_ctx: int, threads: int = 1, repack: bool = False, logits_all: bool = False):
+    """A llama-cpp-python model of the GGUF file `path` (the one loader for the explorer and benches).
+
+    Args:
+        path: the .gguf file.
+        n_ctx: context length.
+        threads: decode and batch threads.
+        repack: llama.cpp's extra (AMX repack) weight buffers; off by default because they were
+            measured to segfault for Q8_0 in 0.3.36 on an AMX CPU (f32/f16 weights do not use them).
+        logits_all: keep the logits of every position (parity checks), not only the last.
+    """
     import llama_cpp  # noqa: F401 - the package, then its high-level module
     import llama_cpp.llama as high_level
 
-    # llama.cpp's extra (AMX repack) weight buffers off: measured to segfault for Q8_0 in 0.3.36
-    # on an AMX CPU; f32/f16 weights do not use them anyway.
     default_params = high_level.llama_cpp.llama_model_default_params
 
     def params():
         value = default_params()
-        value.use_extra_bufts = False
+        value.use_extra_bufts = repack
         return value
 
     high_level.llama_cpp.llama_model_default_params = params
     try:
         return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                               n_batch=512, verbose=False)
+                               n_batch=512, logits_all=logits_all, verbose=False)
     finally:
         high_level.llama_cpp.llama_model_default_params = default_params
 
@@ -106,7 +114,7 @@ def measure_speed_llama_cpp(cfg: ModelConfig, dtype: str = "fp32", prompt_len: i
         path = to_gguf(Path(tmp) / "ckpt", Path(tmp) / "gguf", placeholder_vocab(cfg.vocab_size), outtype=outtype,
                        context_length=context, progress=False)
         (Path(tmp) / "ckpt" / "model_tp0_pp0.pt").unlink()  # free the disk before timing
-        llm = _load(path, context, threads or 1)
+        llm = load_llama(path, context, threads or 1)
         try:
             generator = torch.Generator().manual_seed(seed)
             prompt = torch.randint(0, cfg.vocab_size, (prompt_len,), generator=generator).tolist()
