@@ -69,20 +69,26 @@ def measure(proto, counts: np.ndarray, held: list[str], size: int) -> dict:
             "ours_dead": len(dead_pieces(ours)), "ours_normal": normal(ours)}
 
 
-def plot(rows: list[dict], base: int, png: Path, title: str) -> None:
+SEED_SERIES = (("seed", "tab:gray", "seed step3 (top-k + <...> shapes)"),
+               ("ours", "tab:blue", "rethinktiny prune (types + merge paths)"))
+
+
+def plot(rows: list[dict], base: int, png: Path, title: str, series=SEED_SERIES,
+         note: tuple[str, str] = ("seed", "dead")) -> None:
+    """Extra held-out tokens (%) per vocabulary size, one line per (key, colour, label) of `series`;
+    the `note` series' points carry their `<key>_<word>` count (dead or unreachable pieces)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = [r["size"] // 1000 for r in rows]
+    sizes = [r["size"] / 1000 for r in rows]
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    ax.plot(sizes, [100 * (r["seed_tokens"] / base - 1) for r in rows], "o-", color="tab:gray",
-            label="seed step3 (top-k + <...> shapes)")
-    ax.plot(sizes, [100 * (r["ours_tokens"] / base - 1) for r in rows], "o-", color="tab:blue",
-            label="rethinktiny prune (types + merge paths)")
+    for name, color, label in series:
+        ax.plot(sizes, [100 * (r[f"{name}_tokens"] / base - 1) for r in rows], "o-", color=color, label=label)
+    key, word = note
     for r, s in zip(rows, sizes):
-        ax.annotate(f"{r['seed_dead']} dead", (s, 100 * (r["seed_tokens"] / base - 1)), fontsize=7,
+        ax.annotate(f"{r[f'{key}_{word}']} {word}", (s, 100 * (r[f"{key}_tokens"] / base - 1)), fontsize=7,
                     textcoords="offset points", xytext=(4, 4), color="tab:gray")
     ax.set_xlabel("vocabulary size (thousands)")
     ax.set_ylabel("extra tokens on held-out text (%)")

@@ -45,6 +45,7 @@ from rethinktiny.tokenizer import load_tokenizer  # noqa: E402
 from rethinktiny.vocab.bpe_prune import (build_pruned_json, candidate_order, id_table, merge_paths,  # noqa: E402
                                          prune_bpe, required_ids, unreachable_tokens)
 from rethinktiny.vocab.count import count_folder  # noqa: E402
+from vocab_prune import plot  # noqa: E402  (bench/ is on sys.path: the shared extra-tokens plot)
 from rethinktiny.vocab.sum_counts import merge_counts, read_frequency_file  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
@@ -155,29 +156,9 @@ def measure(body: dict, counts: np.ndarray, held: list[str], n: int) -> dict:
     return row
 
 
-def plot(rows: list[dict], base: int, png: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sizes = [r["size"] / 1000 for r in rows]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for name, color, label in (("baseline", "tab:gray", "frequency only (vocabtrimmer-style)"),
-                               ("drop", "tab:orange", "frequency, tokens without their path dropped"),
-                               ("ours", "tab:blue", "rethinktiny (frequency + merge paths)")):
-        ax.plot(sizes, [100 * (r[f"{name}_tokens"] / base - 1) for r in rows], "o-", color=color, label=label)
-    for r, s in zip(rows, sizes):
-        ax.annotate(f"{r['baseline_unreachable']} unreachable", (s, 100 * (r["baseline_tokens"] / base - 1)),
-                    fontsize=7, textcoords="offset points", xytext=(4, 4), color="tab:gray")
-    ax.set_xlabel("vocabulary size (thousands)")
-    ax.set_ylabel("extra tokens on held-out text (%)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+BPE_SERIES = (("baseline", "tab:gray", "frequency only (vocabtrimmer-style)"),
+              ("drop", "tab:orange", "frequency, tokens without their path dropped"),
+              ("ours", "tab:blue", "rethinktiny (frequency + merge paths)"))
 
 
 def main() -> int:
@@ -229,7 +210,8 @@ def main() -> int:
           f"{'yes' if better else 'NO'}")
     if args.json:
         args.json.write_text(json.dumps({"original_tokens": base, "rows": rows}, indent=1) + "\n")
-    plot(rows, base, args.png, f"{Path(folder).name} on held-out {args.corpus.name}")
+    plot(rows, base, args.png, f"{Path(folder).name} on held-out {args.corpus.name}", BPE_SERIES,
+         ("baseline", "unreachable"))
     print(f"wrote {args.png}")
     return 0 if better else 1
 
