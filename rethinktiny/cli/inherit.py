@@ -6,15 +6,8 @@ import argparse
 import sys
 
 from rethinktiny.dtypes import dtype_argument, dtype_help
-from rethinktiny.errors import UserError
+from rethinktiny.inherit import DEFAULT_CALIB_TOKENS, DEFAULT_LAYERS, DEFAULT_WIDTH
 
-# Defaults chosen from measurements on a real pretrained teacher (SmolLM2-135M-Instruct,
-# bench/real_teacher.py, table in docs/parameter-inheritance.md), not on this project's miniature
-# teachers, whose ordering of the metrics did not carry over.
-DEFAULT_WIDTH = "activation"
-# Block influence is measured whenever --calib is given, so the default layer choice costs nothing extra.
-DEFAULT_LAYERS = "block-influence"
-DEFAULT_CALIB_TOKENS = 4096
 MAGNITUDE_METRICS = ("l1", "l2")
 # Held-out loss (nats/token) at step 0 of SmolLM2-135M students, measured by bench/real_teacher.py.
 # Shape: the FFN cut from 1536 to 1024 neurons in all 30 layers (80% of the parameters); activation
@@ -69,10 +62,6 @@ def magnitude_warning(width: str) -> str | None:
 def _inherit(args: argparse.Namespace) -> None:
     from rethinktiny.inherit.apply import inherit
 
-    if args.width == DEFAULT_WIDTH and args.calib is None:
-        raise UserError(f"--width {DEFAULT_WIDTH} (the default) scores units on calibration data: pass --calib "
-                        "(a tokenized folder, or jsonl text in the source's tokenizer), or --width random "
-                        "--layers first-last to inherit without data")
     warning = magnitude_warning(args.width)
     if warning:
         print(warning, file=sys.stderr)

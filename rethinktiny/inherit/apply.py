@@ -23,6 +23,7 @@ from rethinktiny.checkpoint import check_state_dict, save_model_only
 from rethinktiny.config import ModelConfig, get_preset
 from rethinktiny.dtypes import parse_dtype
 from rethinktiny.errors import UserError
+from rethinktiny.inherit import DEFAULT_CALIB_TOKENS, DEFAULT_LAYERS, DEFAULT_WIDTH
 from rethinktiny.inherit.calib import Calibration, calibration_batches, is_text_calibration
 from rethinktiny.inherit.importance import (CALIBRATED_METRICS, WIDTH_METRICS, WidthScores, activation_scores,
                                             block_influence, learnable_scores, magnitude_scores, random_scores,
@@ -164,14 +165,16 @@ def _check_choices(layers: str, width: str, dtype: str, calib: Any) -> None:
         raise UserError(f"--width {width!r}: choose one of {', '.join(WIDTH_METRICS)}")
     parse_dtype(dtype, keep=True)  # a bad --dtype fails before any work
     if calib is None and (width in CALIBRATED_METRICS or layers == "block-influence"):
-        what = f"--width {width}" if width in CALIBRATED_METRICS else "--layers block-influence"
-        raise UserError(f"{what} needs calibration data: pass --calib TOKENIZED_DIR or TEXT.jsonl")
+        flag, value = ("--width", width) if width in CALIBRATED_METRICS else ("--layers", layers)
+        default = " (the default)" if value in (DEFAULT_WIDTH, DEFAULT_LAYERS) else ""
+        raise UserError(f"{flag} {value}{default} needs calibration data: pass --calib (a tokenized folder, or jsonl "
+                        "text in the source's tokenizer), or --width random --layers first-last to inherit without data")
     if is_explicit_list(layers) and not any(ch.isdigit() for ch in layers):
         raise UserError(f"--layers {layers!r}: choose one of {', '.join(LAYER_STRATEGIES)} or list indices")
 
 
-def inherit(src: str | Path, target: str | ModelConfig, dst: str | Path, layers: str = "first-last",
-            width: str = "l2", calib: str | Path | None = None, calib_tokens: int = 16384,
+def inherit(src: str | Path, target: str | ModelConfig, dst: str | Path, layers: str = DEFAULT_LAYERS,
+            width: str = DEFAULT_WIDTH, calib: str | Path | None = None, calib_tokens: int = DEFAULT_CALIB_TOKENS,
             calib_seq_len: int = 512, token_map: str | Path | None = None, seed: int = 0,
             force: bool = False, src_config: str | ModelConfig | None = None, dtype: str = "source",
             learn_steps: int = 300, micro_rows: int = 4, calib_tokenizer: str | Path | None = None) -> Path:
@@ -182,8 +185,9 @@ def inherit(src: str | Path, target: str | ModelConfig, dst: str | Path, layers:
         target: preset name, InternEvo config file, or ModelConfig.
         dst: output folder (model_tp0_pp0.pt, model_config.json, manifest.json,
             inherit_report.json, layer_importance.png); refused if it exists unless `force`.
-        layers: first-last, uniform, block-influence, or comma-separated source layer indices.
-        width: l1, l2, activation, taylor, learnable or random.
+        layers: first-last, uniform, block-influence, or comma-separated source layer indices
+            (the defaults, `rethinktiny.inherit.DEFAULT_*`, are the command line's).
+        width: l1, l2, activation, taylor, learnable or random; all but l1/l2/random need `calib`.
         calib: InternEvo tokenized folder, or jsonl text file tokenized with the source's tokenizer, for
             calibration (activation/taylor/learnable/block-influence; when given, block influence is
             also measured for the report).

@@ -71,7 +71,7 @@ def _check(tmp_path: Path, no_bias: bool) -> None:
     ours.load_state_dict({name: source.tensor(name) for name in source.expected}, strict=True)
     with torch.no_grad():
         torch.testing.assert_close(ours.eval()(reference["ids"]), reference["logits"], rtol=1e-4, atol=1e-4)
-    out = inherit(tmp_path / "ckpt", source.config, tmp_path / "inherited", width="l2")
+    out = inherit(tmp_path / "ckpt", source.config, tmp_path / "inherited", layers="first-last", width="l2")
     inherited = PanGuPi(source.config)
     inherited.load_state_dict(torch.load(out / "model_tp0_pp0.pt", weights_only=True), strict=True)
     with torch.no_grad():

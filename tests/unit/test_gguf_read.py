@@ -24,7 +24,7 @@ from rethinktiny.convert.gguf_read import from_gguf  # noqa: E402
 from rethinktiny.errors import UserError  # noqa: E402
 from rethinktiny.inherit.apply import inherit  # noqa: E402
 from rethinktiny.inherit.sources import GGUFSource, open_source  # noqa: E402
-from tests.unit.test_inherit_prune import load_model  # noqa: E402
+from tests.unit.test_inherit_prune import NO_DATA, load_model  # noqa: E402
 from tests.unit.test_source_families import IDS, VOCAB, hf_model  # noqa: E402
 
 # HF name part -> llama.cpp's GGUF name part
@@ -122,7 +122,7 @@ def test_gguf_converts_and_inherits_like_transformers_loads_it(tmp_path, arch, f
     assert (cfg.num_kv_heads, cfg.tie_embeddings, cfg.qkv_bias) == (kv_heads, tied, arch == "qwen2")
     converted = load_model(from_gguf(path, tmp_path / "converted", progress=False))
     torch.testing.assert_close(_logits(converted), expected, rtol=1e-4, atol=1e-4)
-    inherited = load_model(inherit(path, cfg, tmp_path / "inherited", width="l2"))
+    inherited = load_model(inherit(path, cfg, tmp_path / "inherited", **NO_DATA))
     torch.testing.assert_close(_logits(inherited), expected, rtol=1e-4, atol=1e-4)
     manifest = json.loads((tmp_path / "converted" / "manifest.json").read_text())
     assert qtype.name in manifest["gguf_tensor_types"]

@@ -1,11 +1,14 @@
 """`rethinktiny inherit`'s defaults are the ones measured on a real teacher (bench/real_teacher.py):
 never a magnitude metric, and l1/l2 print what they did to a real LLM."""
 
+import inspect
+
 import pytest
 
 from rethinktiny.cli import build_parser, main
 from rethinktiny.cli import inherit as cli_inherit
 from rethinktiny.data.tokenized import write_documents
+from rethinktiny.inherit.apply import inherit
 from tests.unit.test_inherit_prune import CFG, make_source
 
 SMALL = CFG.replace(num_layers=2, hidden_size=64, num_attention_heads=2, num_kv_heads=1, intermediate_size=128)
@@ -34,9 +37,11 @@ def _defaults():
 
 def test_default_metric_is_not_a_magnitude_metric():
     args = _defaults()
-    assert args.width == cli_inherit.DEFAULT_WIDTH
+    # one set of defaults: the command line's are the Python API's
+    api = inspect.signature(inherit).parameters
+    assert args.width == api["width"].default and args.layers == api["layers"].default
+    assert args.calib_tokens == api["calib_tokens"].default and args.calib_seq_len == api["calib_seq_len"].default
     assert args.width not in cli_inherit.MAGNITUDE_METRICS and args.width != "random"
-    assert args.layers == cli_inherit.DEFAULT_LAYERS and args.calib_tokens == cli_inherit.DEFAULT_CALIB_TOKENS
     assert cli_inherit.magnitude_warning(args.width) is None
     # The figures the warning quotes are measurements: magnitude ranked below random selection,
     # random selection below the default, all below uniform guessing.
@@ -66,6 +71,6 @@ def test_default_command_line_warns_nothing(tmp_path, src, target, capsys):
 def test_default_metric_without_calibration_names_both_ways_out(tmp_path, src, target, capsys):
     assert main(["inherit", "--src", str(src), "--target", str(target), "--dst", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --width activation (the default) scores units on calibration data")
+    assert err.startswith("error: --width activation (the default) needs calibration data")
     assert "pass --calib" in err and "--width random --layers first-last" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()

@@ -7,7 +7,7 @@ import pytest
 from rethinktiny.cli import main
 from rethinktiny.errors import UserError
 from rethinktiny.inherit.apply import inherit
-from tests.unit.test_inherit_prune import CFG, load_model, make_source
+from tests.unit.test_inherit_prune import CFG, NO_DATA, load_model, make_source
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def src(tmp_path_factory):
 def _fails(tmp_path, match, src, target=CFG, **kwargs):
     dst = tmp_path / "out"
     with pytest.raises(UserError, match=match) as info:
-        inherit(src, target, dst, **kwargs)
+        inherit(src, target, dst, **{**NO_DATA, **kwargs})
     assert "\n" not in str(info.value)
     assert not dst.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
@@ -73,7 +73,9 @@ def test_bad_token_maps(tmp_path, src):
 
 def test_missing_calibration_and_bad_choices(tmp_path, src):
     _fails(tmp_path, "--width taylor needs calibration data", src, width="taylor")
-    _fails(tmp_path, "--layers block-influence needs calibration data", src, layers="block-influence")
+    _fails(tmp_path, r"--layers block-influence \(the default\) needs calibration data", src, layers="block-influence")
+    _fails(tmp_path, r"--width activation \(the default\) needs calibration data: pass --calib .* or --width random "
+           "--layers first-last", src, width="activation")
     _fails(tmp_path, "--width 'magnitude'", src, width="magnitude")
     _fails(tmp_path, "lists 2 layers but the target has 4", src, layers="0,1")
     _fails(tmp_path, "unknown preset 'huge'", src, target="huge")
@@ -85,9 +87,9 @@ def test_existing_destination_needs_force(tmp_path, src):
     dst.mkdir()
     (dst / "keep.txt").write_text("mine")
     with pytest.raises(UserError, match="output exists; pass --force"):
-        inherit(src, CFG, dst)
+        inherit(src, CFG, dst, **NO_DATA)
     assert (dst / "keep.txt").read_text() == "mine"
-    inherit(src, CFG, dst, force=True)
+    inherit(src, CFG, dst, force=True, **NO_DATA)
     assert not (dst / "keep.txt").exists() and load_model(dst).cfg == CFG
 
 

@@ -13,6 +13,8 @@ from rethinktiny.inherit.prune import KeepPlan, LayerKeep, prune_width
 from rethinktiny.model import PanGuPi
 
 CFG = get_preset("tiny")  # 4 layers x 128, 4 heads / 2 kv heads of 32, FFN 352, vocab 4096
+# inherit() without calibration data: its defaults (activation scores, block influence) need data.
+NO_DATA = dict(layers="first-last", width="l2")
 IDS = torch.randint(0, CFG.vocab_size, (2, 24), generator=torch.Generator().manual_seed(1))
 
 
@@ -108,7 +110,7 @@ def test_pruning_heads_and_hidden_channels_equals_masking_them(tmp_path, tiny_so
     model's norm weights by sqrt(H'/H). Everything else must match exactly."""
     model, src = tiny_source
     target = CFG.replace(hidden_size=64, num_attention_heads=2, num_kv_heads=1, intermediate_size=300)
-    out = inherit(src, target, tmp_path / "out", width="l2")
+    out = inherit(src, target, tmp_path / "out", **NO_DATA)
     report = __import__("json").loads((out / "inherit_report.json").read_text())
     hidden = torch.tensor(report["width"]["kept_hidden"])
     ratio = target.hidden_size / CFG.hidden_size
@@ -143,7 +145,7 @@ def test_token_map_moves_rows_and_logits(tmp_path, tiny_source):
     path = tmp_path / "token_map.json"
     path.write_text(__import__("json").dumps({"format": "rethinktiny.token_map.v1", "old_vocab_size": CFG.vocab_size,
                                               "new_to_old": new_to_old.tolist()}))
-    out = inherit(src, CFG.replace(vocab_size=1000), tmp_path / "out", token_map=path)
+    out = inherit(src, CFG.replace(vocab_size=1000), tmp_path / "out", token_map=path, **NO_DATA)
     small = load_model(out)
     assert torch.equal(small.tok_embeddings.weight, model.tok_embeddings.weight[new_to_old])
     assert torch.equal(small.output.weight, model.output.weight[new_to_old])
@@ -152,7 +154,7 @@ def test_token_map_moves_rows_and_logits(tmp_path, tiny_source):
         torch.testing.assert_close(small(new_ids), model(new_to_old[new_ids])[..., new_to_old], rtol=0, atol=0)
     plain = tmp_path / "plain.json"
     plain.write_text(__import__("json").dumps(new_to_old.tolist()))
-    out2 = inherit(src, CFG.replace(vocab_size=1000), tmp_path / "out2", token_map=plain)
+    out2 = inherit(src, CFG.replace(vocab_size=1000), tmp_path / "out2", token_map=plain, **NO_DATA)
     assert torch.equal(load_model(out2).output.weight, small.output.weight)
 
 
@@ -172,12 +174,12 @@ def test_same_seed_gives_the_same_bytes(tmp_path, tiny_source, calib_folder):
 def test_pangu_pi_extras_and_biases_are_inherited(tmp_path):
     cfg = CFG.replace(attention_bias=True, series_terms=2, aug_shortcuts=1, aug_shortcut_dim=16)
     model = make_source(tmp_path / "src", cfg)
-    out = inherit(tmp_path / "src", cfg, tmp_path / "same")
+    out = inherit(tmp_path / "src", cfg, tmp_path / "same", **NO_DATA)
     with torch.no_grad():
         torch.testing.assert_close(load_model(out)(IDS), model(IDS), rtol=0, atol=0)
     small = cfg.replace(hidden_size=64, num_attention_heads=2, num_kv_heads=1, aug_shortcut_dim=8)
-    assert load_model(inherit(tmp_path / "src", small, tmp_path / "small")).cfg == small
-    pro = inherit(tmp_path / "src", CFG, tmp_path / "pro")  # Pro target: extras and biases dropped
+    assert load_model(inherit(tmp_path / "src", small, tmp_path / "small", **NO_DATA)).cfg == small
+    pro = inherit(tmp_path / "src", CFG, tmp_path / "pro", **NO_DATA)  # Pro target: extras and biases dropped
     notes = __import__("json").loads((pro / "inherit_report.json").read_text())["notes"]
     assert any("series" in n for n in notes) and any("biases dropped" in n for n in notes)
     assert load_model(pro).cfg == CFG
@@ -188,7 +190,7 @@ def test_student_keeps_the_source_rope_base_and_norm_eps(tmp_path):
     # SmolLM2 is) would have every inherited q/k pair rotated wrongly, so the source's value wins.
     source_cfg = CFG.replace(rope_theta=100000.0, norm_eps=1e-6)
     model = make_source(tmp_path / "src", source_cfg)
-    out = inherit(tmp_path / "src", CFG, tmp_path / "same")
+    out = inherit(tmp_path / "src", CFG, tmp_path / "same", **NO_DATA)
     student = load_model(out)
     assert (student.cfg.rope_theta, student.cfg.norm_eps) == (100000.0, 1e-6)
     with torch.no_grad():
@@ -203,5 +205,5 @@ def test_no_calibration_with_a_tokenizer_next_to_the_source(tmp_path, hf_bpe_tok
     import shutil
 
     shutil.copy(hf_bpe_tokenizer / "tokenizer.json", tmp_path / "src" / "tokenizer.json")
-    out = inherit(tmp_path / "src", CFG.replace(num_layers=2), tmp_path / "out", width="l2")
+    out = inherit(tmp_path / "src", CFG.replace(num_layers=2), tmp_path / "out", **NO_DATA)
     assert load_model(out).cfg.num_layers == 2

@@ -14,7 +14,7 @@ from rethinktiny.convert.keys import half_to_interleaved, hf_to_ours, interleave
 from rethinktiny.inherit.sources import HFSource, open_source
 from rethinktiny.model import PanGuPi
 from tests.unit.shard_helpers import save_like_internevo, split_like_internevo
-from tests.unit.test_inherit_prune import CFG, load_model, make_source, write_calib
+from tests.unit.test_inherit_prune import CFG, NO_DATA, load_model, make_source, write_calib
 
 transformers = pytest.importorskip("transformers")
 
@@ -110,14 +110,14 @@ def test_missing_hf_shard_and_unknown_architecture(tmp_path):
     victim = sorted(set(index["weight_map"].values()))[1]
     (tmp_path / "sharded" / victim).unlink()
     with pytest.raises(UserError, match=f"lists {victim}, which does not exist"):
-        inherit(tmp_path / "sharded", "tiny", tmp_path / "out")
+        inherit(tmp_path / "sharded", "tiny", tmp_path / "out", **NO_DATA)
     assert not (tmp_path / "out").exists()
 
     hf.save_pretrained(tmp_path / "gpt")
     config = json.loads((tmp_path / "gpt" / "config.json").read_text())
     (tmp_path / "gpt" / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
     with pytest.raises(UserError, match="unsupported architecture model_type='gpt2'"):
-        inherit(tmp_path / "gpt", "tiny", tmp_path / "out")
+        inherit(tmp_path / "gpt", "tiny", tmp_path / "out", **NO_DATA)
 
     from safetensors.torch import save_file
     hf.save_pretrained(tmp_path / "extra")
@@ -125,7 +125,7 @@ def test_missing_hf_shard_and_unknown_architecture(tmp_path):
     state["model.layers.0.self_attn.qkv_proj.weight"] = torch.zeros(2, 2)
     save_file(state, tmp_path / "extra" / "model.safetensors")
     with pytest.raises(UserError, match="unknown architecture: tensor model.layers.0.self_attn.qkv_proj"):
-        inherit(tmp_path / "extra", "tiny", tmp_path / "out")
+        inherit(tmp_path / "extra", "tiny", tmp_path / "out", **NO_DATA)
     assert not (tmp_path / "out").exists()
 
 
@@ -158,8 +158,8 @@ def test_merged_tp_shards_inherit_like_tp1(tmp_path, tp, pp):
     save_like_internevo(step, model.state_dict(), tp, [2, 2] if pp == 2 else [4])
     write_model_config(step, cfg)
     target = cfg.replace(hidden_size=64, num_attention_heads=2, num_kv_heads=1, num_layers=3, intermediate_size=200)
-    a = load_model(inherit(tmp_path / "tp1", target, tmp_path / "a")).state_dict()
-    b = load_model(inherit(tmp_path / f"tp{tp}", target, tmp_path / "b")).state_dict()
+    a = load_model(inherit(tmp_path / "tp1", target, tmp_path / "a", **NO_DATA)).state_dict()
+    b = load_model(inherit(tmp_path / f"tp{tp}", target, tmp_path / "b", **NO_DATA)).state_dict()
     for name in a:
         assert torch.equal(a[name], b[name]), name
 
@@ -172,7 +172,7 @@ def test_missing_internevo_shard_writes_nothing(tmp_path):
             torch.save(shard, tmp_path / "tp2" / f"model_tp{t}_pp{p}.pt")
     write_model_config(tmp_path / "tp2", CFG)
     with pytest.raises(UserError, match="missing shard model_tp1_pp0.pt"):
-        inherit(tmp_path / "tp2", CFG, tmp_path / "out")
+        inherit(tmp_path / "tp2", CFG, tmp_path / "out", **NO_DATA)
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
 
@@ -180,6 +180,6 @@ def test_missing_internevo_shard_writes_nothing(tmp_path):
 def test_source_without_config_needs_src_config(tmp_path):
     torch.save(PanGuPi(CFG).state_dict(), tmp_path / "model_tp0_pp0.pt")
     with pytest.raises(UserError, match="pass --src-config"):
-        inherit(tmp_path, CFG, tmp_path.parent / "out-noconfig")
-    out = inherit(tmp_path, "tiny", tmp_path.parent / "out-config", src_config="tiny")
+        inherit(tmp_path, CFG, tmp_path.parent / "out-noconfig", **NO_DATA)
+    out = inherit(tmp_path, "tiny", tmp_path.parent / "out-config", src_config="tiny", **NO_DATA)
     assert load_model(out).cfg == get_preset("tiny")

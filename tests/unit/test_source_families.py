@@ -21,7 +21,7 @@ from rethinktiny.errors import UserError  # noqa: E402
 from rethinktiny.inherit.apply import inherit  # noqa: E402
 from rethinktiny.inherit.sources import HFSource, InternLM2Source, open_source  # noqa: E402
 from rethinktiny.model import PanGuPi  # noqa: E402
-from tests.unit.test_inherit_prune import load_model  # noqa: E402
+from tests.unit.test_inherit_prune import NO_DATA, load_model  # noqa: E402
 
 VOCAB = 96
 IDS = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(1))
@@ -69,7 +69,7 @@ def _check_convert_and_identity_inherit(src: Path, tmp_path: Path, expected: tor
     if (src / "config.json").exists():
         converted = load_model(from_hf(src, tmp_path / "converted", progress=False))
         torch.testing.assert_close(_logits(converted), expected, rtol=1e-4, atol=1e-4)
-    inherited = load_model(inherit(src, cfg, tmp_path / "inherited", width="l2"))
+    inherited = load_model(inherit(src, cfg, tmp_path / "inherited", **NO_DATA))
     torch.testing.assert_close(_logits(inherited), expected, rtol=1e-4, atol=1e-4)
     return cfg
 

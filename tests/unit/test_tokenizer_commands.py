@@ -190,7 +190,7 @@ def test_inherit_calibrates_on_text_with_the_sources_own_tokenizer(tmp_path, hf_
     src = _hf_source(tmp_path / "hf", hf_bpe_tokenizer)
     target = str(_target_file(tmp_path, ModelConfig(hidden_size=32, num_layers=2, num_attention_heads=2,
                                                     num_kv_heads=1, intermediate_size=48, vocab_size=BPE_IDS)))
-    kwargs = dict(width="activation", calib_tokens=256, calib_seq_len=64)
+    kwargs = dict(width="activation", layers="first-last", calib_tokens=256, calib_seq_len=64)
     out = inherit(src, target, tmp_path / "from_text", calib=SAMPLE_VALID, **kwargs)
     tokenize_corpus(SAMPLE_VALID, hf_bpe_tokenizer, tmp_path / "data", type_key=None)
     same = inherit(src, target, tmp_path / "from_data", calib=tmp_path / "data", **kwargs)
