@@ -33,7 +33,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 # The demo test needs the real teacher: a fresh machine builds it (cached in TEACHER_DIR).
-TEACHER_READY = test -f "$(TEACHER_DIR)/manifest.json" || $(MAKE) real-teacher
+TEACHER_READY = $(BIN)/python tools/make_real_teacher.py --check --dst "$(TEACHER_DIR)" || $(MAKE) real-teacher
 
 test: install
 	$(TEACHER_READY)

