@@ -7,11 +7,15 @@ from pathlib import Path
 
 from rethinktiny.artifacts import write_file_atomic
 
+# The demo's step folders below --out, in the order it runs them (rethinktiny/demo.py's STEPS).
+DATA, TEACHER, VOCAB, INHERIT, RANDOM, ROUND1, RESAMPLE, ROUND2, EXPORT, EVAL = (
+    "01_data", "02_teacher", "03_vocab", "04_inherit", "05_random", "06_round1", "07_resample", "08_round2",
+    "09_export", "10_eval")
+
 # (label, [round folders whose train_metrics.jsonl follow each other])
 CURVES = [
-    ("random init", ["05_random/ckpt"]),
-    ("inherited", ["06_round1/ckpt", "07_round2_all/ckpt"]),
-    ("inherited + multi-round", ["06_round1/ckpt", "09_round2_resampled/ckpt"]),
+    ("random init", [f"{RANDOM}/ckpt"]),
+    ("inherited + multi-round", [f"{ROUND1}/ckpt", f"{ROUND2}/ckpt"]),
 ]
 
 
@@ -31,26 +35,13 @@ def curve(out: Path, rounds: list[str]) -> tuple[list[int], list[float]]:
     return tokens, losses
 
 
-def valid_curve(out: Path, rounds: list[str]) -> tuple[list[int], list[float]]:
-    """Tokens seen and validation loss (mean over the data types) at each validated step."""
-    tokens, losses, offset = [], [], 0
-    for folder in rounds:
-        rows = read_metrics(out / folder)
-        for r in rows:
-            if r.get("valid"):
-                tokens.append(offset + r["tokens"])
-                losses.append(sum(v["loss"] for v in r["valid"].values()) / len(r["valid"]))
-        offset += rows[-1]["tokens"] if rows else 0
-    return tokens, losses
-
-
 def _smooth(values: list[float], window: int = 3) -> list[float]:
     return [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
             for i in range(len(values))]
 
 
 def plot_loss_curves(out: Path, png: Path, teacher_bpb: float | None, student_step0_loss: float | None) -> None:
-    """Train loss (3-step mean, lines) and validation loss (points) of the three students."""
+    """Train loss (3-step mean) of the two students, the inherited one's held-out loss before training."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,17 +50,13 @@ def plot_loss_curves(out: Path, png: Path, teacher_bpb: float | None, student_st
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for label, rounds in CURVES:
         tokens, losses = curve(out, rounds)
-        line, = ax.plot(tokens, _smooth(losses), label=f"{label}: train")
-        valid_tokens, valid_losses = valid_curve(out, rounds)
-        if valid_tokens:
-            ax.plot(valid_tokens, valid_losses, "o--", color=line.get_color(), markersize=5,
-                    label=f"{label}: validation")
+        ax.plot(tokens, _smooth(losses), label=f"{label}: train")
     if student_step0_loss is not None:
         ax.axhline(student_step0_loss, color="tab:orange", linestyle=":", linewidth=1,
                    label="inherited student before training (held-out)")
     boundary = curve(out, CURVES[1][1][:1])[0]
     if boundary:
-        ax.axvline(boundary[-1], color="grey", linestyle=":", label="round 2 starts")
+        ax.axvline(boundary[-1], color="grey", linestyle=":", label="round 2 starts (on the resampled, harder batches)")
     ax.set(xlabel="training tokens", ylabel="loss (nats/token, compact vocabulary)",
            title="Students of the teacher (same tokens each)")
     ax.legend(fontsize=7)
@@ -84,13 +71,13 @@ def _json(path: Path) -> dict:
 
 def eval_rows(out: Path, evaluated: list[tuple[str, str]]) -> list[tuple[str, dict]]:
     """(label, eval ppl result) of the teacher and every evaluated student present."""
-    rows = [("teacher", _json(out / "02_teacher" / "eval.json"))]
-    rows += [(label, _json(out / "11_eval" / f"eval_{i}.json")) for i, (label, _) in enumerate(evaluated)]
+    rows = [("teacher", _json(out / TEACHER / "eval.json"))]
+    rows += [(label, _json(out / EVAL / f"eval_{i}.json")) for i, (label, _) in enumerate(evaluated)]
     return [(label, r) for label, r in rows if r]
 
 
 def _params(out: Path) -> dict[str, int]:
-    report = _json(out / "04_inherit" / "student" / "inherit_report.json").get("parameters", {})
+    report = _json(out / INHERIT / "student" / "inherit_report.json").get("parameters", {})
     return {"teacher": report.get("source"), "student": report.get("target")}
 
 
@@ -107,8 +94,8 @@ def eval_table(out: Path, evaluated: list[tuple[str, str]]) -> list[str]:
 
 def samples_table(out: Path) -> list[str]:
     """Greedy continuations, one row per prompt, one column per model (teacher first)."""
-    teacher = _json(out / "02_teacher" / "samples.json")
-    students = _json(out / "10_export" / "samples.json")
+    teacher = _json(out / TEACHER / "samples.json")
+    students = _json(out / EXPORT / "samples.json")
     models = {**teacher.get("models", {}), **students.get("models", {})}
     prompts = students.get("prompts") or teacher.get("prompts") or []
     if not models:
@@ -125,11 +112,11 @@ def samples_table(out: Path) -> list[str]:
 
 def _first_losses(out: Path) -> list[str]:
     lines = []
-    for label, rounds in CURVES[:2]:
-        rows = read_metrics(out / rounds[0])
-        if rows:
-            lines.append(f"- {label}: first-step train loss {rows[0]['loss']:.3f}, last {rows[-1]['loss']:.3f} "
-                         f"after {rows[-1]['tokens']:,} tokens")
+    for label, rounds in CURVES:
+        tokens, losses = curve(out, rounds)
+        if losses:
+            lines.append(f"- {label}: first-step train loss {losses[0]:.3f}, last {losses[-1]:.3f} "
+                         f"after {tokens[-1]:,} tokens")
     return lines
 
 
@@ -174,14 +161,14 @@ def write_report(out: Path, scale, evaluated: list[tuple[str, str]], exported: l
         teacher: the teacher's HF folder, or "self".
         seconds: wall-clock seconds of each step, as its manifest recorded them.
     """
-    inherit_report = _json(out / "04_inherit" / "student" / "inherit_report.json")
-    before = _json(out / "11_eval" / "eval_0.json")
+    inherit_report = _json(out / INHERIT / "student" / "inherit_report.json")
+    before = _json(out / EVAL / "eval_0.json")
     plot_loss_curves(out, out / "loss_curves.png", None, before.get("loss"))
-    prune_report = _json(out / "03_vocab" / "tokenizer" / "report.json")
-    resample_manifest = _json(out / "08_resample" / "selected" / "manifest.json")
-    importance_png = out / "04_inherit" / "student" / "layer_importance.png"
-    gguf = _json(out / "10_export" / "gguf" / "manifest.json")
-    coverage_pngs = [p for p in ("03_vocab/coverage_original.png", "03_vocab/coverage_compact.png") if (out / p).exists()]
+    prune_report = _json(out / VOCAB / "tokenizer" / "report.json")
+    resample_manifest = _json(out / RESAMPLE / "selected" / "manifest.json")
+    importance_png = out / INHERIT / "student" / "layer_importance.png"
+    gguf = _json(out / EXPORT / "gguf" / "manifest.json")
+    coverage_pngs = [p for p in (f"{VOCAB}/coverage_original.png", f"{VOCAB}/coverage_compact.png") if (out / p).exists()]
     parts = [
         "# rethinktiny demo report",
         "",
@@ -227,12 +214,12 @@ def write_report(out: Path, scale, evaluated: list[tuple[str, str]], exported: l
         json.dumps(resample_manifest.get("summary", {}), indent=2, ensure_ascii=False)[:1500],
         "```",
         "",
-        "![losses of all and selected batches](08_resample/selected/losses.png)",
+        f"![losses of all and selected batches]({RESAMPLE}/selected/losses.png)",
         "",
         "## Exports",
         "",
-        *[f"- {label}: Hugging Face folder `10_export/hf_{i}` (`convert to-hf`)" for i, (label, _) in enumerate(exported)],
-        f"- {exported[0][0]}: GGUF `10_export/gguf/model.gguf` (`convert to-gguf`"
+        *[f"- {label}: Hugging Face folder `{EXPORT}/hf_{i}` (`convert to-hf`)" for i, (label, _) in enumerate(exported)],
+        f"- {exported[0][0]}: GGUF `{EXPORT}/gguf/model.gguf` (`convert to-gguf`"
         + (f", {gguf.get('args', {}).get('outtype', 'f16')}" if gguf else "") + "), read back by transformers for "
         "the samples above",
         "",

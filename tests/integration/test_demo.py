@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from rethinktiny.demo import DEFAULT_TEACHER, EVALUATED, SCALES, STEPS
+from rethinktiny.demo_report import EVAL, EXPORT, INHERIT, RANDOM, RESAMPLE, ROUND1, ROUND2, TEACHER as TEACHER_STEP, VOCAB
 
 from .helpers import REPO
 
@@ -50,71 +51,73 @@ def test_every_step_has_its_manifest_and_the_report_lists_all_variants(demo_out)
     report = (demo_out / "report.md").read_text()
     for label in ["teacher", *(label for label, _ in EVALUATED)]:
         assert f"| {label} |" in report
-    for png in ("loss_curves.png", "04_inherit/student/layer_importance.png"):
+    for png in ("loss_curves.png", f"{INHERIT}/student/layer_importance.png"):
         assert (demo_out / png).stat().st_size > 1000 and f"]({png})" in report
-    samples = json.loads((demo_out / "10_export" / "samples.json").read_text())
-    teacher_samples = json.loads((demo_out / "02_teacher" / "samples.json").read_text())
+    samples = json.loads((demo_out / EXPORT / "samples.json").read_text())
+    teacher_samples = json.loads((demo_out / TEACHER_STEP / "samples.json").read_text())
     for texts in [*samples["models"].values(), *teacher_samples["models"].values()]:
         assert len(texts) == len(samples["prompts"]) == 4
     assert f"| `{samples['prompts'][0]}` |" in report  # one row per prompt, teacher and students side by side
 
 
 def test_compact_tokenizer_and_bits_per_byte(demo_out):
-    prune = json.loads((demo_out / "03_vocab" / "tokenizer" / "report.json").read_text())
+    prune = json.loads((demo_out / VOCAB / "tokenizer" / "report.json").read_text())
     assert prune["new_vocab_size"] == SMOKE.compact_vocab and prune["unreachable_tokens"] == 0
     assert prune["coverage"]["token_coverage"] > 0.98
-    teacher = json.loads((demo_out / "02_teacher" / "eval.json").read_text())
-    students = [json.loads((demo_out / "11_eval" / f"eval_{i}.json").read_text()) for i in range(len(EVALUATED))]
+    teacher = json.loads((demo_out / TEACHER_STEP / "eval.json").read_text())
+    students = [json.loads((demo_out / EVAL / f"eval_{i}.json").read_text()) for i in range(len(EVALUATED))]
     # the same held-out texts: the same bytes, whatever the tokenizer
     assert {r["bytes"] for r in students} == {teacher["bytes"]}
     assert teacher["bits_per_byte"] < min(r["bits_per_byte"] for r in students)
 
 
 def test_inherited_student_starts_below_random_init(demo_out):
-    before = json.loads((demo_out / "11_eval" / "eval_0.json").read_text())
+    before = json.loads((demo_out / EVAL / "eval_0.json").read_text())
     # better than guessing before any training (measured: 8.92 vs 9.68 at this scale, 8.66 at the demo's),
     # and a first training step well below the random init's (8.95 vs 9.76)
     assert before["loss"] < math.log(SMOKE.compact_vocab) - 0.5
-    assert _rows(demo_out / "06_round1" / "ckpt")[0]["loss"] < _rows(demo_out / "05_random" / "ckpt")[0]["loss"] - 0.5
+    assert _rows(demo_out / ROUND1 / "ckpt")[0]["loss"] < _rows(demo_out / RANDOM / "ckpt")[0]["loss"] - 0.5
 
 
 def test_resampled_round_trained_and_hf_and_gguf_exports_load(demo_out):
-    assert len(_rows(demo_out / "09_round2_resampled" / "ckpt")) == SMOKE.round_steps
-    assert len(_rows(demo_out / "05_random" / "ckpt")) == 2 * SMOKE.round_steps  # the same tokens
-    selected = json.loads((demo_out / "08_resample" / "selected" / "manifest.json").read_text())
+    assert len(_rows(demo_out / ROUND2 / "ckpt")) == SMOKE.round_steps
+    assert len(_rows(demo_out / RANDOM / "ckpt")) == 2 * SMOKE.round_steps  # the same tokens
+    selected = json.loads((demo_out / RESAMPLE / "selected" / "manifest.json").read_text())
     summary = selected["summary"]
     assert abs(summary["num_selected"] - summary["num_batches"] / 2) <= 0.5  # --ratio 0.5 of an odd count
     assert summary["num_selected"] >= SMOKE.round_steps  # round 2 trains on selected batches only
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    hf = demo_out / "10_export" / "hf_0"
+    hf = demo_out / EXPORT / "hf_0"
     model = AutoModelForCausalLM.from_pretrained(hf).eval()
     tokenizer = AutoTokenizer.from_pretrained(hf)
     assert model.config.vocab_size == len(tokenizer) == SMOKE.compact_vocab
-    gguf = AutoModelForCausalLM.from_pretrained(demo_out / "10_export" / "gguf", gguf_file="model.gguf").eval()
+    gguf = AutoModelForCausalLM.from_pretrained(demo_out / EXPORT / "gguf", gguf_file="model.gguf").eval()
     ids = tokenizer("The Python interpreter reads", return_tensors="pt").input_ids
     with torch.no_grad():
         a, b = model(ids).logits, gguf(ids).logits
     assert (a - b).abs().max() < 0.05 * a.abs().max()  # f16 weights, the same model
 
 
-def test_student_rounds_validate_on_the_held_out_sample(demo_out):
-    validated = [r for r in _rows(demo_out / "06_round1" / "ckpt") if "valid" in r]
-    assert validated and all(v["perplexity"] > 1 for r in validated for v in r["valid"].values())
+def test_inherited_student_ends_below_random_init(demo_out):
+    # the same tokens at the same learning rate; measured at this scale: 3.450 vs 3.787 bits/byte
+    random_init, inherited = (json.loads((demo_out / EVAL / f"eval_{i}.json").read_text()) for i in (1, 2))
+    assert [label for label, _ in EVALUATED][1:] == ["student: random init", "student: inherited + multi-round"]
+    assert inherited["bits_per_byte"] < random_init["bits_per_byte"] - 0.1
 
 
 def test_rerun_reuses_steps_and_a_failing_step_stops_with_its_own_error(demo_out, tmp_path):
     result = _demo(demo_out, timeout=600)
     assert result.returncode == 0 and result.stdout.count("done earlier, reused") == len(STEPS)
     broken = tmp_path / "broken"
-    for name in ("01_data", "02_teacher", "03_vocab"):
+    for name, _ in STEPS[:3]:
         shutil.copytree(demo_out / name, broken / name)
-    (broken / "03_vocab" / "tokenizer" / "token_map.json").unlink()
+    (broken / VOCAB / "tokenizer" / "token_map.json").unlink()
     result = _demo(broken, timeout=600)
     assert result.returncode == 1
     assert "[demo] failed: inherit:" in result.stderr
     assert "token_map.json" in result.stderr  # the inherit command's own message
-    assert not (broken / "04_inherit").exists() and not (broken / "05_random").exists()
+    assert not (broken / INHERIT).exists() and not (broken / RANDOM).exists()
     other = _demo(broken, "--teacher", "self", timeout=60)  # finished steps belong to one teacher
     assert other.returncode == 1 and "made with --teacher" in other.stderr
