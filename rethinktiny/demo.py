@@ -208,15 +208,15 @@ def _worth_showing(line: str) -> bool:
 
 # ---- the steps ------------------------------------------------------------------------------------
 
-def held_out_subset(valid: Path, dst: Path, docs: int) -> None:
-    """Every k-th document of `valid` (k = documents // `docs`), so each source of the sample appears."""
-    lines = [line for line in valid.read_text(encoding="utf-8").splitlines(keepends=True) if line.strip()]
+def document_subset(src: Path, dst: Path, docs: int) -> None:
+    """Every k-th document of the jsonl `src` (k = documents // `docs`), so each source of the sample appears."""
+    lines = [line for line in src.read_text(encoding="utf-8").splitlines(keepends=True) if line.strip()]
     stride = max(1, len(lines) // docs)
     dst.write_text("".join(lines[::stride][:docs]), encoding="utf-8")
 
 
 def step_data(demo: Demo, d: Path) -> None:
-    held_out_subset(demo.sample / "valid.jsonl", d / "held_out.jsonl", demo.scale.eval_docs)
+    document_subset(demo.sample / "valid.jsonl", d / "held_out.jsonl", demo.scale.eval_docs)
     if demo.teacher is None:
         demo.cli(d, "original tokenizer", "data", "train-tokenizer", "--input", demo.sample / "train.jsonl",
                  "--vocab-size", demo.scale.original_vocab, "--dst", d / "tokenizer")
@@ -248,7 +248,7 @@ def step_vocab(demo: Demo, d: Path) -> None:
             demo.cli(d, f"inspect {name}", "vocab", "inspect", tokenizer, "--text", demo.sample / "valid.jsonl",
                      "--png", d / f"coverage_{name}.png")
     # The vocabulary is counted on all of train.jsonl; the students train on a slice of it.
-    held_out_subset(demo.sample / "train.jsonl", d / "train_slice.jsonl", demo.scale.train_docs)
+    document_subset(demo.sample / "train.jsonl", d / "train_slice.jsonl", demo.scale.train_docs)
     demo.cli(d, "re-tokenize the training slice", "data", "tokenize", "--input", d / "train_slice.jsonl",
              "--tokenizer", d / "tokenizer", "--dst", d / "train")
 

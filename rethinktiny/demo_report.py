@@ -40,7 +40,7 @@ def _smooth(values: list[float], window: int = 3) -> list[float]:
             for i in range(len(values))]
 
 
-def plot_loss_curves(out: Path, png: Path, teacher_bpb: float | None, student_step0_loss: float | None) -> None:
+def plot_loss_curves(out: Path, png: Path, student_step0_loss: float | None) -> None:
     """Train loss (3-step mean) of the two students, the inherited one's held-out loss before training."""
     import matplotlib
 
@@ -86,9 +86,9 @@ def eval_table(out: Path, evaluated: list[tuple[str, str]]) -> list[str]:
     rows = ["| model | parameters | bits/byte | loss (nats/token) | tokens | bytes |", "|---|---:|---:|---:|---:|---:|"]
     for label, r in eval_rows(out, evaluated):
         n = params["teacher" if label == "teacher" else "student"]
-        rows.append(f"| {label} | {n / 1e6:.1f}M | **{r['bits_per_byte']:.3f}** | {r['loss']:.3f} | "
-                    f"{r['tokens']:,} | {r['bytes']:,} |" if n else
-                    f"| {label} | | **{r['bits_per_byte']:.3f}** | {r['loss']:.3f} | {r['tokens']:,} | {r['bytes']:,} |")
+        size = f"{n / 1e6:.1f}M" if n else ""
+        rows.append(f"| {label} | {size} | **{r['bits_per_byte']:.3f}** | {r['loss']:.3f} | {r['tokens']:,} | "
+                    f"{r['bytes']:,} |")
     return rows
 
 
@@ -163,7 +163,7 @@ def write_report(out: Path, scale, evaluated: list[tuple[str, str]], exported: l
     """
     inherit_report = _json(out / INHERIT / "student" / "inherit_report.json")
     before = _json(out / EVAL / "eval_0.json")
-    plot_loss_curves(out, out / "loss_curves.png", None, before.get("loss"))
+    plot_loss_curves(out, out / "loss_curves.png", before.get("loss"))
     prune_report = _json(out / VOCAB / "tokenizer" / "report.json")
     resample_manifest = _json(out / RESAMPLE / "selected" / "manifest.json")
     importance_png = out / INHERIT / "student" / "layer_importance.png"

@@ -8,7 +8,7 @@ transformers dequantizes (read with the tokenizer of the matching HF export).
 
 from __future__ import annotations
 
-import json
+import argparse
 import sys
 from pathlib import Path
 
@@ -40,22 +40,21 @@ def greedy(tokenizer, model, prompt: str, new_tokens: int = NEW_TOKENS) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    new_tokens = NEW_TOKENS
-    if argv[:1] == ["--new-tokens"] and len(argv) > 1 and argv[1].isdigit():
-        new_tokens, argv = int(argv[1]), argv[2:]
-    if len(argv) < 3 or len(argv) % 2 == 0:
-        print("usage: python -m rethinktiny.demo_samples [--new-tokens N] OUT.json LABEL MODEL [LABEL MODEL ...]",
-              file=sys.stderr)
-        return 2
-    out, pairs = Path(argv[0]), argv[1:]
-    samples = {"prompts": PROMPTS, "new_tokens": new_tokens, "models": {}}
-    for label, where in zip(pairs[::2], pairs[1::2]):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS,
+                        help=f"greedy tokens per prompt (default {NEW_TOKENS})")
+    parser.add_argument("out", type=Path, help="samples JSON to write")
+    parser.add_argument("models", nargs="+", metavar="LABEL MODEL", help="label and model of each column")
+    args = parser.parse_args(argv)
+    if len(args.models) % 2:
+        parser.error("models come as LABEL MODEL pairs")
+    samples = {"prompts": PROMPTS, "new_tokens": args.new_tokens, "models": {}}
+    for label, where in zip(args.models[::2], args.models[1::2]):
         tokenizer, model = load(where)
-        samples["models"][label] = [greedy(tokenizer, model, prompt, new_tokens) for prompt in PROMPTS]
+        samples["models"][label] = [greedy(tokenizer, model, prompt, args.new_tokens) for prompt in PROMPTS]
         for prompt, text in zip(PROMPTS, samples["models"][label]):
             print(f"{label}: {prompt!r} -> {text!r}", flush=True)
-    write_json(out, samples)
+    write_json(args.out, samples)
     return 0
 
 

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from rethinktiny.demo import held_out_subset
+from rethinktiny.demo import document_subset
 from rethinktiny.inherit.report import needs_log_scale, plot_layer_importance
 
 # SmolLM2-135M-Instruct's block influence, measured by `rethinktiny inherit` on the bundled sample
@@ -21,10 +21,10 @@ def test_one_dominant_layer_gets_a_log_axis_and_an_even_profile_a_linear_one(tmp
         assert png.stat().st_size > 5000
 
 
-def test_held_out_subset_takes_every_kth_document(tmp_path):
+def test_document_subset_takes_every_kth_document(tmp_path):
     src = tmp_path / "valid.jsonl"
     src.write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(10)) + "\n")
-    held_out_subset(src, tmp_path / "sub.jsonl", 3)
+    document_subset(src, tmp_path / "sub.jsonl", 3)
     assert [json.loads(x)["text"] for x in (tmp_path / "sub.jsonl").read_text().splitlines()] == ["doc 0", "doc 3", "doc 6"]
 
 
