@@ -54,7 +54,8 @@ def step_baseline(workdir: Path, export_dtype: str) -> dict:
     from safetensors.torch import save_file
 
     from rethinktiny.checkpoint import read_model_config
-    from rethinktiny.convert.keys import interleaved_to_half, ours_to_hf, rotary_heads
+    from rethinktiny.convert.keys import ours_to_hf
+    from rethinktiny.rotary_layout import interleaved_to_half, rotary_heads
 
     cfg = read_model_config(workdir / "ckpt")
     state = torch.load(workdir / "ckpt" / "model_tp0_pp0.pt", map_location="cpu", weights_only=True)

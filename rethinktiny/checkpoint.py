@@ -33,6 +33,7 @@ import torch
 from rethinktiny.artifacts import write_json
 from rethinktiny.config import ModelConfig, from_internevo
 from rethinktiny.errors import UserError
+from rethinktiny.rotary_layout import ROTARY_KEY, ROTARY_QUERY, half_to_interleaved, is_rotary_buffer, rotary_heads
 
 SHARD_RE = re.compile(r"^model_tp(\d+)_pp(\d+)\.pt$")
 LAYER_RE = re.compile(r"^layers\.(\d+)\.(.+)$")
@@ -143,10 +144,7 @@ class InternEvoCheckpoint:
         return merged if self.qk_interleaved else self._rotate_half_to_ours(name, merged)
 
     def _rotate_half_to_ours(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        from rethinktiny.convert.keys import half_to_interleaved, rotary_heads
-
-        if not (name.endswith(("attention.wq.weight", "attention.wq.bias", "attention.wk.weight",
-                               "attention.wk.bias"))):
+        if not name.endswith(ROTARY_QUERY + ROTARY_KEY):
             return tensor
         if self.config is None:
             raise UserError(f"{self.folder}: {QK_LAYOUT_KEY}=False (rotate-half q/k rows) and no model config "
@@ -315,15 +313,6 @@ def check_state_dict(state_dict: dict[str, torch.Tensor], expected: dict[str, to
 
 
 # ---- loading a model ------------------------------------------------------------------------------
-
-# Rotary inverse frequencies: InternEvo (and older HF exports) may save them as a buffer, our model
-# recomputes them from rope_theta, so every reader of a checkpoint drops names ending in this.
-ROTARY_BUFFER = "rotary_emb.inv_freq"
-
-
-def is_rotary_buffer(name: str) -> bool:
-    return name.endswith(ROTARY_BUFFER)
-
 
 def check_same_model(folder: str | Path, cfg: ModelConfig) -> None:
     """The model config saved in `folder` (when there is one) must describe `cfg`'s model: equal

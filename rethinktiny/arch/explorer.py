@@ -13,7 +13,7 @@ from rethinktiny.errors import UserError
 
 @dataclass(frozen=True)
 class MeasureOptions:
-    """How to time each row (see `rethinktiny.arch.measure.measure_speed`)."""
+    """How to time each row (see `rethinktiny.arch.speed.measure_speed`)."""
 
     device: str = "cpu"
     dtype: str = "fp32"
@@ -46,7 +46,7 @@ def run_sweep(spec: SweepSpec, seq_len: int = 2048, kv_dtype: str = "bf16", incl
             check_writable(path, force)  # before minutes of measuring, not after
     rows = build_rows(spec, seq_len, kv_dtype, include_presets, per_depth)
     if measure is not None:
-        from rethinktiny.arch.measure import measure_rows
+        from rethinktiny.arch.speed import measure_rows
 
         measure_rows(rows, measure.device, measure.dtype, measure.prompt_len, measure.decode_steps,
                      measure.warmup_steps, measure.seed, measure.threads)

@@ -4,7 +4,8 @@ Batch 1, greedy decoding through the project's `KVCache`, the same path `generat
 warm-up prefill and a few warm-up decode steps run first on a separate cache (allocator, kernel
 selection and lazy initialisation are not what we want to time); then one timed prefill of
 `prompt_len` tokens and `decode_steps` timed decode steps. Decode tokens/s is 1 / the median step
-time, so one step preempted on a busy machine does not drag the figure down.
+time, so one step preempted on a busy machine does not drag the figure down. The backend is picked
+in `rethinktiny.arch.speed` (this module: torch; `arch.llama_cpp_speed`: llama.cpp).
 """
 
 from __future__ import annotations
@@ -19,10 +20,6 @@ from rethinktiny.config import ModelConfig
 from rethinktiny.dtypes import parse_dtype
 from rethinktiny.errors import UserError
 from rethinktiny.model import KVCache, PanGuPi
-
-
-# `--measure llama.cpp`: the shape as a GGUF file in llama.cpp (rethinktiny.arch.llama_cpp_speed).
-LLAMA_CPP = "llama.cpp"
 
 
 @dataclass(frozen=True)
@@ -153,23 +150,17 @@ def measure_model(model: PanGuPi, prompt_len: int = 32, decode_steps: int = 8, w
                  decode_best_tokens_per_s=1 / min(step_s), decode_cpu_s_per_token=statistics.median(cpu_s))
 
 
-def measure_speed(cfg: ModelConfig, device: str = "cpu", dtype: str = "fp32", prompt_len: int = 32,
-                  decode_steps: int = 8, warmup_steps: int = 2, seed: int = 0) -> Speed:
-    """Build a random model of `cfg` and time it; the model is freed before returning.
+def measure_speed_torch(cfg: ModelConfig, device: str = "cpu", dtype: str = "fp32", prompt_len: int = 32,
+                        decode_steps: int = 8, warmup_steps: int = 2, seed: int = 0) -> Speed:
+    """Build a random model of `cfg` on a torch device and time it; the model is freed before returning.
 
     Args:
         cfg: the shape.
-        device: `cpu`, `cuda`, or `llama.cpp` (a GGUF export timed in llama.cpp on the CPU,
-            with as many threads as torch uses).
+        device: `cpu` or `cuda`.
         dtype: weight and cache dtype name (`float32`, `bfloat16`, `float16` on CUDA only, or
             their short forms `fp32`, `bf16`, `fp16`).
         prompt_len, decode_steps, warmup_steps, seed: see `measure_model`.
     """
-    if device == LLAMA_CPP:
-        from rethinktiny.arch.llama_cpp_speed import measure_speed_llama_cpp
-
-        return measure_speed_llama_cpp(cfg, dtype, prompt_len, decode_steps, warmup_steps, seed,
-                                       threads=torch.get_num_threads())
     torch_device = resolve_device(device)
     check_lengths(prompt_len, decode_steps, warmup_steps)
     model = random_model(cfg, torch_device, resolve_dtype(dtype, torch_device), seed)
@@ -179,34 +170,3 @@ def measure_speed(cfg: ModelConfig, device: str = "cpu", dtype: str = "fp32", pr
         del model
         if torch_device.type == "cuda":
             torch.cuda.empty_cache()
-
-
-def measure_rows(rows: list, device: str = "cpu", dtype: str = "fp32", prompt_len: int = 32,
-                 decode_steps: int = 8, warmup_steps: int = 2, seed: int = 0, threads: int | None = None) -> None:
-    """Fill `prefill_tokens_per_s` / `decode_tokens_per_s` of each sweep `Row` in place.
-
-    Args:
-        rows: `rethinktiny.arch.sweep.Row` objects; one model at a time is built and freed.
-        device, dtype, prompt_len, decode_steps, warmup_steps, seed: see `measure_speed`.
-        threads: torch CPU threads while measuring (None: torch's default). On a machine other
-            jobs also use, fewer threads than cores avoids OpenMP threads waiting on each other.
-    """
-    from tqdm import tqdm
-
-    # Fail on bad flags before the first model is built.
-    if device == LLAMA_CPP:
-        from rethinktiny.arch.llama_cpp_speed import require_llama_cpp, gguf_outtype
-
-        gguf_outtype(dtype)
-        require_llama_cpp()
-    else:
-        resolve_dtype(dtype, resolve_device(device))
-    check_lengths(prompt_len, decode_steps, warmup_steps)
-    if threads is not None:
-        if threads <= 0:
-            raise UserError(f"--threads must be positive, got {threads}")
-        torch.set_num_threads(threads)
-    for row in tqdm(rows, desc=f"measuring on {device} ({dtype})", unit="shape"):
-        speed = measure_speed(row.cfg, device, dtype, prompt_len, decode_steps, warmup_steps, seed)
-        row.prefill_tokens_per_s = speed.prefill_tokens_per_s
-        row.decode_tokens_per_s = speed.decode_tokens_per_s

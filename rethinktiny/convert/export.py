@@ -14,16 +14,17 @@ import torch
 from tqdm import tqdm
 
 from rethinktiny.artifacts import check_writable, output_dir, write_json, write_manifest
-from rethinktiny.checkpoint import InternEvoCheckpoint, is_rotary_buffer
+from rethinktiny.checkpoint import InternEvoCheckpoint
 from rethinktiny.config import ModelConfig
 from rethinktiny.convert.context_length import resolve_context_length
 from rethinktiny.convert.hf_config import generation_config_dict, llama_config_dict, require_llama_equivalent
-from rethinktiny.convert.keys import interleaved_to_half, ours_to_hf, rotary_heads
+from rethinktiny.convert.keys import ours_to_hf
 from rethinktiny.convert.safetensors_io import TensorSpec, parse_size, write_sharded
 from rethinktiny.convert.tokenizer_files import DEFAULT_SPECIAL_IDS, check_tokenizer, write_tokenizer_files
 from rethinktiny.dtypes import parse_dtype
 from rethinktiny.errors import UserError
 from rethinktiny.model import parameter_shapes
+from rethinktiny.rotary_layout import interleaved_to_half, is_rotary_buffer, rotary_heads
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -33,35 +33,26 @@ import torch
 from rethinktiny.artifacts import check_writable, output_dir, write_manifest
 from rethinktiny.config import ModelConfig
 from rethinktiny.convert.context_length import resolve_context_length
+from rethinktiny.convert.gguf_read import TABLE
+from rethinktiny.convert.keys import rename
 from rethinktiny.errors import UserError
 
 GGUF_FILE = "model.gguf"
 OUTTYPES = ("f32", "f16", "q8_0")
 Q8_BLOCK = 32
-# Our layer-local names -> llama.cpp's (gguf.constants.MODEL_TENSOR names for LLM_ARCH_LLAMA).
-LAYER_NAMES = {
-    "attention.wq.weight": "attn_q.weight", "attention.wq.bias": "attn_q.bias",
-    "attention.wk.weight": "attn_k.weight", "attention.wk.bias": "attn_k.bias",
-    "attention.wv.weight": "attn_v.weight", "attention.wv.bias": "attn_v.bias",
-    "attention.wo.weight": "attn_output.weight", "attention.wo.bias": "attn_output.bias",
-    "attention_norm.weight": "attn_norm.weight", "ffn_norm.weight": "ffn_norm.weight",
-    "feed_forward.w1.weight": "ffn_gate.weight", "feed_forward.w3.weight": "ffn_up.weight",
-    "feed_forward.w2.weight": "ffn_down.weight",
-}
-TOP_NAMES = {"tok_embeddings.weight": "token_embd.weight", "norm.weight": "output_norm.weight",
-             "output.weight": "output.weight"}
+# Our names -> llama.cpp's (gguf.constants.MODEL_TENSOR names for LLM_ARCH_LLAMA): the inverse of
+# the one GGUF key table, the reader's.
+TO_GGUF: dict[str, str] = {ours: gguf for gguf, ours in TABLE.items()}
 # tokenizers' pre-tokenizer layouts -> the llama.cpp pre-tokenizer that splits text the same way.
 GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 
 
 def gguf_tensor_name(name: str) -> str:
     """llama.cpp's name for one of our parameter names."""
-    if name in TOP_NAMES:
-        return TOP_NAMES[name]
-    parts = name.split(".", 2)
-    if len(parts) == 3 and parts[0] == "layers" and parts[1].isdigit() and parts[2] in LAYER_NAMES:
-        return f"blk.{parts[1]}.{LAYER_NAMES[parts[2]]}"
-    raise UserError(f"{name}: no llama.cpp LLaMA tensor for this parameter")
+    found = rename(name, TO_GGUF)
+    if found is None:
+        raise UserError(f"{name}: no llama.cpp LLaMA tensor for this parameter")
+    return found
 
 
 def tensor_type(name: str, shape: tuple[int, ...], outtype: str):

@@ -1,11 +1,9 @@
-"""The HF <-> ours key tables, plus the rotary permute and the fused-wqkv split (torchtitan's
-`from_hf_map` pattern).
+"""The HF <-> ours key tables and the fused-wqkv split (torchtitan's `from_hf_map` pattern; the
+rotary permute lives in `rethinktiny.rotary_layout`).
 
-Our parameter names are InternEvo's LLAMA2 names. Rotary layouts differ: InternEvo (like Meta's
-original LLaMA) rotates interleaved channel pairs (2i, 2i+1) of each head, Hugging Face's
-`rotate_half` rotates (i, i + head_dim/2). Rotating the same pairs in a different channel order
-leaves q.k unchanged, so exporting reorders each head's rows of wq/wk (and their biases) from
-[x0, x1, x2, x3, ...] to [x0, x2, ..., x1, x3, ...]; importing applies the inverse.
+Our parameter names are InternEvo's LLAMA2 names. Rotary layouts differ (interleaved pairs here,
+`rotate_half` halves in HF): exporting reorders each head's q/k rows with
+`rotary_layout.interleaved_to_half`, importing applies the inverse.
 
 Foreign checkpoints are described by a `Layout`: a name table (foreign template -> ours) and the
 order of their q/k rows. LLaMA, Mistral and Qwen2 share the HF LLaMA names; InternLM2 (the HF
@@ -22,9 +20,9 @@ from typing import Callable
 
 import torch
 
-from rethinktiny.checkpoint import ROTARY_BUFFER
 from rethinktiny.config import ModelConfig
 from rethinktiny.errors import UserError
+from rethinktiny.rotary_layout import ROTARY_BUFFER, half_to_interleaved, rotary_heads
 
 # HF name -> our name; "{}" is the layer index.
 FROM_HF: dict[str, str] = {
@@ -49,10 +47,6 @@ TO_HF: dict[str, str] = {ours: hf for hf, ours in FROM_HF.items()}
 # HF keys that hold no parameters (older exports saved the rotary buffer).
 IGNORED_HF_SUFFIXES = (ROTARY_BUFFER,)
 
-# Our names whose rows carry rotary channels (layer-local part), and which head count splits them.
-ROTARY_QUERY = ("attention.wq.weight", "attention.wq.bias")
-ROTARY_KEY = ("attention.wk.weight", "attention.wk.bias")
-
 _LAYER_RE = re.compile(r"\.(\d+)\.")
 
 
@@ -64,7 +58,8 @@ def _template(name: str) -> tuple[str, int | None]:
     return name[:match.start()] + ".{}." + name[match.end():], int(match.group(1))
 
 
-def _rename(name: str, table: dict[str, str]) -> str | None:
+def rename(name: str, table: dict[str, str]) -> str | None:
+    """`name` through a template table ("{}" is the layer index), or None when the table has no entry."""
     template, layer = _template(name)
     target = table.get(template)
     if target is None:
@@ -74,42 +69,12 @@ def _rename(name: str, table: dict[str, str]) -> str | None:
 
 def hf_to_ours(name: str) -> str | None:
     """Our name for an HF LLaMA parameter name, or None when the table has no entry."""
-    return _rename(name, FROM_HF)
+    return rename(name, FROM_HF)
 
 
 def ours_to_hf(name: str) -> str | None:
     """The HF LLaMA name for one of our parameter names, or None when the table has no entry."""
-    return _rename(name, TO_HF)
-
-
-def rotary_heads(our_name: str, num_heads: int, num_kv_heads: int) -> int | None:
-    """How many heads split the rows of `our_name` when it carries rotary channels, else None."""
-    if our_name.endswith(ROTARY_QUERY):
-        return num_heads
-    if our_name.endswith(ROTARY_KEY):
-        return num_kv_heads
-    return None
-
-
-def interleaved_to_half(tensor: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Reorder each head's rows from interleaved pairs (ours) to rotate_half halves (HF).
-
-    Args:
-        tensor: a q/k weight [heads * head_dim, in] or bias [heads * head_dim].
-        num_heads: heads the rows are split into (query heads for wq, kv heads for wk).
-    """
-    rows = tensor.shape[0]
-    rest = tensor.shape[1:]
-    half = rows // num_heads // 2
-    return tensor.reshape(num_heads, half, 2, *rest).transpose(1, 2).reshape(rows, *rest)
-
-
-def half_to_interleaved(tensor: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Inverse of `interleaved_to_half`: HF rotate_half rows back to interleaved pairs (ours)."""
-    rows = tensor.shape[0]
-    rest = tensor.shape[1:]
-    half = rows // num_heads // 2
-    return tensor.reshape(num_heads, 2, half, *rest).transpose(1, 2).reshape(rows, *rest)
+    return rename(name, TO_HF)
 
 
 # ---- foreign layouts -----------------------------------------------------------------------------
@@ -148,13 +113,13 @@ class Layout:
 
     def ours(self, foreign: str) -> str | None:
         """Our name (possibly the fused `attention.wqkv.*`) for a foreign name, or None."""
-        return _rename(foreign, self.table)
+        return rename(foreign, self.table)
 
     def foreign(self, ours: str) -> str:
         """The foreign name that holds our tensor `ours` (the fused wqkv for wq/wk/wv)."""
         inverse = {v: k for k, v in self.table.items()}
         for name in (ours, re.sub(r"attention\.w[qkv]\.", FUSED_QKV, ours)):
-            found = _rename(name, inverse)
+            found = rename(name, inverse)
             if found is not None:
                 return found
         return ours

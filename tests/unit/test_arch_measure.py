@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from rethinktiny.arch.measure import (measure_model, measure_rows, measure_speed, random_model, resolve_device,
-                                     resolve_dtype)
+from rethinktiny.arch.measure import measure_model, random_model, resolve_device, resolve_dtype
+from rethinktiny.arch.speed import measure_rows, measure_speed
 from rethinktiny.config import get_preset
 from rethinktiny.errors import UserError
 from rethinktiny.model import generate

@@ -20,7 +20,7 @@ from rethinktiny.checkpoint import load_model, save_model_only  # noqa: E402
 from rethinktiny.config import ModelConfig  # noqa: E402
 from rethinktiny.convert.export import to_hf  # noqa: E402
 from rethinktiny.convert.import_hf import from_hf  # noqa: E402
-from rethinktiny.convert.keys import half_to_interleaved, interleaved_to_half  # noqa: E402
+from rethinktiny.rotary_layout import half_to_interleaved, interleaved_to_half  # noqa: E402
 from rethinktiny.model import PanGuPi, generate  # noqa: E402
 from tests.unit.shard_helpers import save_like_internevo  # noqa: E402
 

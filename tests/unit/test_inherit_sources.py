@@ -10,7 +10,8 @@ from rethinktiny.checkpoint import save_model_only, write_model_config
 from rethinktiny.config import get_preset
 from rethinktiny.errors import UserError
 from rethinktiny.inherit.apply import inherit
-from rethinktiny.convert.keys import half_to_interleaved, hf_to_ours, interleaved_to_half, ours_to_hf
+from rethinktiny.convert.keys import hf_to_ours, ours_to_hf
+from rethinktiny.rotary_layout import half_to_interleaved, interleaved_to_half
 from rethinktiny.inherit.sources import HFSource, open_source
 from rethinktiny.model import PanGuPi
 from tests.unit.shard_helpers import save_like_internevo, split_like_internevo

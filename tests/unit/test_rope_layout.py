@@ -6,7 +6,7 @@ import torch
 from rethinktiny.checkpoint import (InternEvoCheckpoint, qk_interleaved_of, read_qk_interleaved, save_model_only,
                                     write_model_config)
 from rethinktiny.config import get_preset
-from rethinktiny.convert.keys import interleaved_to_half
+from rethinktiny.rotary_layout import interleaved_to_half
 from rethinktiny.errors import UserError
 from rethinktiny.model import PanGuPi
 

@@ -16,7 +16,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from rethinktiny.config import ModelConfig  # noqa: E402
 from rethinktiny.convert.import_hf import from_hf  # noqa: E402
-from rethinktiny.convert.keys import interleaved_to_half  # noqa: E402
+from rethinktiny.rotary_layout import interleaved_to_half  # noqa: E402
 from rethinktiny.errors import UserError  # noqa: E402
 from rethinktiny.inherit.apply import inherit  # noqa: E402
 from rethinktiny.inherit.sources import HFSource, InternLM2Source, open_source  # noqa: E402
