@@ -1,4 +1,4 @@
-"""rethinktiny arch sweep | config"""
+"""rethinktiny arch sweep | config | memory"""
 
 from __future__ import annotations
 
@@ -56,6 +56,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing --output")
     p.set_defaults(func=_config)
 
+    p = sub.add_parser("memory", help="per-GPU memory plan of a training config (optionally measured on CPU)")
+    p.add_argument("--config", required=True, help="an InternEvo training config file (configs/*.py)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. data.micro_bsz=4 (repeatable)")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="data-parallel ranks of the job (default: the config's launch.nproc_per_node, else 1)")
+    p.add_argument("--gpu-gb", type=float, default=None,
+                   help="also check the plan fits a GPU of this many GB (exit 2 when it does not)")
+    p.add_argument("--measure", action="store_true",
+                   help="also count saved-tensor bytes of one forward+backward on CPU at the micro-batch shape")
+    p.add_argument("--measure-layers", type=int, default=None,
+                   help="measure a model of this many layers and scale to the config's depth by the plan")
+    p.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
+    p.set_defaults(func=_memory)
+
 
 def _sweep(args: argparse.Namespace) -> None:
     from rethinktiny.arch.explorer import MeasureOptions, run_sweep
@@ -98,3 +113,51 @@ def _config(args: argparse.Namespace) -> None:
         print(f"wrote {args.output}")
     else:
         print(text, end="")
+
+
+def _load_training_config(path: str, overrides: list[str]):
+    """B's TrainingConfig when present; until then the plain loader with the same overrides."""
+    try:
+        from rethinktiny.configfiles.training import TrainingConfig
+    except ImportError:
+        from rethinktiny.configfiles.load import apply_overrides, load_config_file
+
+        raw = load_config_file(path)
+        apply_overrides(raw, overrides)
+        return raw
+    return TrainingConfig.from_file(path, overrides)
+
+
+def _memory(args: argparse.Namespace) -> None:
+    import json
+
+    from rethinktiny.arch.memory import GB, check_fits, measure_activations, memory_plan, with_layers
+    from rethinktiny.errors import UserError
+
+    config = _load_training_config(args.config, args.set)
+    raw = getattr(config, "raw", config)
+    nproc = args.nproc or getattr(config, "nproc_hint", None) or raw.get("launch", {}).get("nproc_per_node") or 1
+    plan = memory_plan(config, nproc)
+    result = plan.to_dict()
+    if args.measure:
+        measured = measure_activations(config, args.measure_layers)
+        layers = measured["measured_layers"]
+        # Fewer layers measured: scale by the plan's own ratio between the two depths.
+        scale = plan.activations_bytes / memory_plan(with_layers(config, layers), nproc).activations_bytes
+        result["measured_activations_bytes"] = round(measured["measured_activations_bytes"] * scale)
+        result["measured_layers"] = layers
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(plan.describe())
+        if args.measure:
+            ratio = plan.activations_bytes / result["measured_activations_bytes"]
+            scaled = f", scaled from {layers} layers" if layers != plan.num_layers else ""
+            print(f"  measured activations {result['measured_activations_bytes'] / GB:.2f} GB on CPU{scaled} "
+                  f"(plan / measured {ratio:.3f})")
+    if args.gpu_gb is not None:
+        if args.gpu_gb <= 0:
+            raise UserError(f"--gpu-gb: expected a positive size, got {args.gpu_gb}")
+        check_fits(plan, int(args.gpu_gb * GB), force=False)
+        if not args.json:
+            print(f"fits a {args.gpu_gb:g} GB GPU")
