@@ -7,7 +7,7 @@ Every `--heldout-every`-th document is held out; token counts come from the rest
 original tokenizer. For each size, in the same run:
   * seed — the seed's step3 algorithm, reimplemented: keep every piece shaped `<...>` or `[...]`,
     then the most frequent pieces (ties in id order) until the size is reached;
-  * ours — `rethinktiny.vocab.prune.prune_vocab` (non-normal pieces by type, then frequent pieces
+  * ours — `rethinktiny.vocab.prune.prune_sentencepiece` (non-normal pieces by type, then frequent pieces
     with their merge paths).
 Reported: tokens needed for the held-out text relative to the original tokenizer, and dead pieces
 (kept normal pieces that do not encode their own text to themselves). Writes a PNG.
@@ -26,7 +26,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rethinktiny.vocab.prune import build_pruned_proto, prune_vocab  # noqa: E402
+from rethinktiny.vocab.prune import build_pruned_proto, prune_sentencepiece  # noqa: E402
 from rethinktiny.vocab.reach import dead_pieces  # noqa: E402
 from rethinktiny.vocab.spmodel import NORMAL, load_model_proto, processor_from_proto  # noqa: E402
 
@@ -60,7 +60,7 @@ def tokens_needed(proto, texts: list[str]) -> int:
 def measure(proto, counts: np.ndarray, held: list[str], size: int) -> dict:
     seed = build_pruned_proto(proto, seed_keep(proto, counts, size))
     start = time.perf_counter()
-    ours = prune_vocab(proto, counts, size).proto
+    ours = prune_sentencepiece(proto, counts, size).proto
     seconds = time.perf_counter() - start
     normal = lambda p: sum(1 for piece in p.pieces if piece.type == NORMAL)  # noqa: E731
     return {"size": size, "prune_seconds": seconds,

@@ -70,24 +70,11 @@ def merge_command(args: argparse.Namespace) -> None:
 
 
 def prune_command(args: argparse.Namespace) -> None:
-    from rethinktiny.tokenizer import SENTENCEPIECE, resolve_tokenizer_path
+    from rethinktiny.vocab.compact import describe_prune, prune_vocab
 
-    # A folder with both files is SentencePiece: its tokenizer.json was converted from the model.
-    if resolve_tokenizer_path(args.tokenizer)[0] == SENTENCEPIECE:
-        from rethinktiny.vocab.prune import prune_tokenizer
-
-        report = prune_tokenizer(args.tokenizer, args.counts, args.vocab_num, args.dst,
-                                 preset=args.preset or None, force=args.force)
-        unit, dead = "pieces", f"{report['dead_pieces']} dead"
-    else:
-        from rethinktiny.vocab.bpe_prune import prune_tokenizer_json
-
-        report = prune_tokenizer_json(args.tokenizer, args.counts, args.vocab_num, args.dst,
-                                      preset=args.preset or None, force=args.force)
-        unit, dead = "ids", f"{report['unreachable_tokens']} unreachable"
-    coverage = report["coverage"]["token_coverage"]
-    print(f"wrote {args.dst}: {report['new_vocab_size']} of {report['old_vocab_size']} {unit}, {dead}, "
-          f"corpus token coverage {'n/a' if coverage is None else f'{coverage:.4%}'}")
+    report = prune_vocab(args.tokenizer, args.counts, args.vocab_num, args.dst, preset=args.preset or None,
+                         force=args.force)
+    print(describe_prune(args.dst, report))
 
 
 def inspect_command(args: argparse.Namespace) -> None:

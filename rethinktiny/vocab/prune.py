@@ -5,7 +5,7 @@ shape is not type (a normal piece "<div>" is kept unconditionally, a user-define
 a kept piece whose merge path was pruned can never be produced again: on the shared 103k InternLM
 tokenizer 1,891 of 7,741 kept normal pieces at 8k are such dead weight.
 
-`prune_vocab` instead:
+`prune_sentencepiece` instead (`vocab.compact.prune_vocab` picks it or `bpe_prune` from the tokenizer):
 1. keeps every piece whose SentencePiece *type* is not NORMAL (control, unknown, user-defined,
    byte, unused), so special and byte-fallback pieces survive with their order;
 2. walks the normal pieces from most to least frequent (ties: higher score, then lower id) and
@@ -155,7 +155,7 @@ def build_pruned_proto(proto, keep: list[int]):
     return pruned
 
 
-def prune_vocab(proto, counts: np.ndarray, vocab_num: int) -> PruneResult:
+def prune_sentencepiece(proto, counts: np.ndarray, vocab_num: int) -> PruneResult:
     """Prune `proto` to exactly `vocab_num` pieces (see the module docstring).
 
     Args:
@@ -175,7 +175,7 @@ def prune_report(proto, result: PruneResult, counts: np.ndarray, preset: str | N
 
     Args:
         proto: the original `ModelProto`.
-        result: what `prune_vocab` returned.
+        result: what `prune_sentencepiece` returned.
         counts: the dense counts it was given.
         preset: model preset whose embedding+head share is reported at both vocabulary sizes.
     """
@@ -244,7 +244,7 @@ def prune_tokenizer(tokenizer, counts_file, vocab_num: int, dst, preset: str | N
     if preset is not None:
         embedding_shares(preset, 1, 1)  # fail on an unknown preset before the work
     counts = read_frequency_file(counts_file, len(proto.pieces))
-    result = prune_vocab(proto, counts, vocab_num)
+    result = prune_sentencepiece(proto, counts, vocab_num)
     report = prune_report(proto, result, counts, preset)
     with output_dir(dst, force) as tmp:
         write_file_atomic(tmp / "tokenizer.model", result.proto.SerializeToString())

@@ -85,11 +85,11 @@ def test_default_export_prepends_bos_only(exported):
 
 @pytest.fixture(scope="module")
 def pruned_export(tmp_path_factory, tiny_tokenizer):
-    """The fixture tokenizer pruned by `rethinktiny.vocab.prune.prune_vocab` to 1,200 pieces by its
+    """The fixture tokenizer pruned by `rethinktiny.vocab.prune.prune_sentencepiece` to 1,200 pieces by its
     frequencies on the training sample, exported with a model of the pruned size."""
     import numpy as np
 
-    from rethinktiny.vocab.prune import prune_vocab
+    from rethinktiny.vocab.prune import prune_sentencepiece
     from rethinktiny.vocab.spmodel import load_model_proto
 
     sp = load_tokenizer(tiny_tokenizer).backend
@@ -97,7 +97,7 @@ def pruned_export(tmp_path_factory, tiny_tokenizer):
     ids = np.concatenate([np.asarray(doc, dtype=np.int64)
                           for doc in sp.encode([json.loads(line)["text"] for line in lines])])
     counts = np.bincount(ids, minlength=sp.get_piece_size())
-    result = prune_vocab(load_model_proto(tiny_tokenizer), counts, 1200)
+    result = prune_sentencepiece(load_model_proto(tiny_tokenizer), counts, 1200)
     root = tmp_path_factory.mktemp("pruned")
     (root / "tok").mkdir()
     sp_path = root / "tok" / "tokenizer.model"

@@ -10,7 +10,7 @@ import sentencepiece as spm
 
 from rethinktiny.errors import UserError
 from rethinktiny.vocab.hf_tokenizer import HF_FILES, write_hf_tokenizer
-from rethinktiny.vocab.prune import prune_vocab
+from rethinktiny.vocab.prune import prune_sentencepiece
 from rethinktiny.vocab.spmodel import load_model_proto
 
 transformers = pytest.importorskip("transformers")
@@ -70,7 +70,7 @@ def tokenizers(tmp_path_factory, corpus_texts, tiny_tokenizer):
     counts = np.bincount(np.concatenate([np.asarray(ids, dtype=np.int64) for ids in processor.encode(corpus_texts)]),
                          minlength=len(proto.pieces))
     pruned = folder / "pruned.model"
-    pruned.write_bytes(prune_vocab(proto, counts, 1200).proto.SerializeToString())
+    pruned.write_bytes(prune_sentencepiece(proto, counts, 1200).proto.SerializeToString())
     found["pruned"] = pruned
     return found
 

@@ -10,7 +10,7 @@ import sentencepiece as spm
 from rethinktiny.config import get_preset
 from rethinktiny.errors import UserError
 from rethinktiny.vocab.sum_counts import write_frequency_file
-from rethinktiny.vocab.prune import build_pruned_proto, prune_tokenizer, prune_vocab, required_ids
+from rethinktiny.vocab.prune import build_pruned_proto, prune_sentencepiece, prune_tokenizer, required_ids
 from rethinktiny.vocab.reach import dead_pieces
 from rethinktiny.vocab.spmodel import (BYTE, CONTROL, NORMAL, USER_DEFINED, load_model_proto,
                                        processor_from_proto)
@@ -46,7 +46,7 @@ def trained(tmp_path_factory, sample_corpus):
 def test_prune_invariants(trained, vocab_num):
     path, counts, _ = trained
     proto = load_model_proto(path)
-    result = prune_vocab(proto, counts, vocab_num)
+    result = prune_sentencepiece(proto, counts, vocab_num)
     pruned = result.proto
     assert len(pruned.pieces) == vocab_num == len(result.new_to_old)
     assert result.new_to_old == sorted(result.new_to_old)
@@ -71,7 +71,7 @@ def test_identity_prune_keeps_every_encoding(trained):
     path, counts, _ = trained
     proto = load_model_proto(path)
     assert dead_pieces(proto) == []  # a freshly trained model produces all its pieces
-    result = prune_vocab(proto, counts, len(proto.pieces))
+    result = prune_sentencepiece(proto, counts, len(proto.pieces))
     assert result.new_to_old == list(range(len(proto.pieces)))
     text = " ".join(ROUND_TRIP)
     assert processor_from_proto(result.proto).encode(text) == processor_from_proto(proto).encode(text)
@@ -85,7 +85,7 @@ def test_naive_top_k_leaves_dead_pieces_and_ours_does_not(trained):
     by_count = sorted(normal, key=lambda i: -counts[i])
     naive = build_pruned_proto(proto, sorted(required_ids(proto) + by_count[:400]))
     assert len(dead_pieces(naive)) > 0
-    assert dead_pieces(prune_vocab(proto, counts, len(naive.pieces)).proto) == []
+    assert dead_pieces(prune_sentencepiece(proto, counts, len(naive.pieces)).proto) == []
 
 
 def test_pruned_model_beats_naive_top_k_on_its_corpus(trained, sample_valid_corpus):
@@ -94,7 +94,7 @@ def test_pruned_model_beats_naive_top_k_on_its_corpus(trained, sample_valid_corp
     normal = [i for i, p in enumerate(proto.pieces) if p.type == NORMAL]
     by_count = sorted(normal, key=lambda i: (-counts[i], i))
     naive = build_pruned_proto(proto, sorted(required_ids(proto) + by_count[:400]))
-    ours = prune_vocab(proto, counts, len(naive.pieces)).proto
+    ours = prune_sentencepiece(proto, counts, len(naive.pieces)).proto
     held_out = [json.loads(line)["text"] for line in open(sample_valid_corpus, encoding="utf-8")]
     tokens = lambda p: sum(map(len, processor_from_proto(p).encode(held_out)))  # noqa: E731
     assert tokens(ours) < tokens(naive)
