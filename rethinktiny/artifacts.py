@@ -4,6 +4,12 @@ Every command that writes a folder goes through `output_dir`: it builds the resu
 temporary sibling name and renames it into place only when the body finished without an
 exception, so a crash or a bad input leaves nothing behind. An existing destination is refused
 unless `force=True`.
+
+Temporary names are `.<dst>.tmp-<pid>-<counter>-<host>`. SIGTERM (what `kill` and Slurm's
+`scancel` send) is turned into an exception while a folder is being built, so the temporary
+folder is removed as on any other failure (SIGINT already raises KeyboardInterrupt). What SIGKILL
+or a power cut leaves behind is removed by the next `output_dir` for the same destination: a
+temporary whose process is no longer alive on this host.
 """
 
 from __future__ import annotations
@@ -15,7 +21,10 @@ import json
 import os
 import platform
 import shutil
+import signal
+import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,8 +32,85 @@ from typing import Any, Iterator
 from rethinktiny.errors import UserError
 
 
+TERMINATED_EXIT = 128 + signal.SIGTERM  # the status a shell reports for a process ended by SIGTERM
+
+
+def _host() -> str:
+    return socket.gethostname().split(".")[0].replace("-", "_") or "host"
+
+
 def _sibling_tmp(dst: Path, tag: str) -> Path:
-    return dst.with_name(f".{dst.name}.{tag}-{os.getpid()}-{int(time.time() * 1e6) % 10**9}")
+    return dst.with_name(f".{dst.name}.{tag}-{os.getpid()}-{int(time.time() * 1e6) % 10**9}-{_host()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(dst: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of `dst` left by processes of this host that are no longer alive
+    (killed with SIGKILL, or a power cut). A temporary of another host is kept: on a shared file
+    system its process may be alive there. Returns what was removed.
+
+    Args:
+        dst: the destination whose `.<name>.tmp-<pid>-...` / `.<name>.old-<pid>-...` siblings to check.
+    """
+    dst = Path(dst)
+    if not dst.parent.is_dir():
+        return []
+    removed = []
+    for path in dst.parent.glob(f".{glob_escape(dst.name)}.*-*-*"):
+        owner = _temporary_owner(path.name[len(dst.name) + 2:])
+        if owner is None or owner[1] != _host() or owner[0] == os.getpid() or _pid_alive(owner[0]):
+            continue
+        if path.name.startswith(f".{dst.name}.old-") and not dst.exists():
+            os.replace(path, dst)  # killed between its two renames: the old result goes back
+            continue
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _temporary_owner(suffix: str) -> tuple[int, str] | None:
+    """(pid, host) of a `tmp-<pid>-<counter>-<host>` / `old-...` suffix; None for anything else."""
+    parts = suffix.split("-")
+    if len(parts) != 4 or parts[0] not in ("tmp", "old") or not parts[1].isdigit() or not parts[2].isdigit():
+        return None
+    return int(parts[1]), parts[3]
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived: unwinds like any exception (temporaries are removed), exits with 143."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(TERMINATED_EXIT)
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While the body runs, SIGTERM raises `Terminated` instead of killing the process outright,
+    so `finally` blocks and `except BaseException` clean-ups run. A handler someone else installed
+    (a launcher forwarding signals to its ranks) is left alone, as is any thread but the main one."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def check_writable(dst: str | os.PathLike, force: bool) -> Path:
@@ -43,15 +129,17 @@ def output_dir(dst: str | os.PathLike, force: bool = False) -> Iterator[Path]:
         dst: final folder path.
         force: replace an existing `dst`; otherwise an existing `dst` is an error.
     """
+    remove_stale_temporaries(dst)  # first: it may put back an old result a killed run had moved aside
     dst = check_writable(dst, force)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling_tmp(dst, "tmp")
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with sigterm_raises():
+        tmp = _sibling_tmp(dst, "tmp")
+        tmp.mkdir()
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     old = None
     if dst.exists():
         # Move the old result aside first so a failure between the renames loses nothing.
@@ -60,6 +148,27 @@ def output_dir(dst: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     os.replace(tmp, dst)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+
+
+def check_output_file(path: str | os.PathLike, force: bool, inputs: dict[str, str | os.PathLike | None],
+                      flag: str = "--out") -> Path:
+    """Refuse, before any work, an output file that exists (unless `force`) or that is one of the
+    command's own inputs (always: `--force` must not turn a typo into a lost input).
+
+    Args:
+        path: the output file.
+        force: allow replacing an existing file that is not an input.
+        inputs: the command's inputs by flag (`{"--data": path}`); None values are skipped.
+        flag: the output's flag, for the message.
+    """
+    path = Path(path)
+    resolved = path.resolve()
+    for name, given in inputs.items():
+        if given is not None and Path(given).resolve() == resolved:
+            raise UserError(f"{path}: {flag} is the same file as {name}; refusing to write over an input")
+    if path.is_dir():
+        raise UserError(f"{path}: {flag} is a folder, expected a file name")
+    return check_writable(path, force)
 
 
 def write_file_atomic(path: str | os.PathLike, data: bytes | str, force: bool = True) -> Path:

@@ -24,14 +24,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", type=dtype_argument(), help=f"model dtype: {dtype_help()}")
     p.add_argument("--no-bos", action="store_true", help="do not prepend <s> to each document")
     p.add_argument("--no-eos", action="store_true", help="do not append </s> to each document")
-    p.add_argument("--out", help="also write the result as JSON to this file")
+    p.add_argument("--out", help="also write the result as JSON to this file (never one of the inputs)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(func=_ppl)
 
 
 def _ppl(args: argparse.Namespace) -> None:
-    from rethinktiny.artifacts import write_json
+    from rethinktiny.artifacts import check_output_file, write_json
     from rethinktiny.evaluate import evaluate_perplexity
 
+    if args.out:  # before the model is loaded: a refused --out costs nothing
+        check_output_file(args.out, args.force, {"--data": args.data, "--model": args.model,
+                                                 "--config": args.config, "--tokenizer": args.tokenizer})
     result = evaluate_perplexity(args.model, args.data, config=args.config, tokenizer=args.tokenizer,
                                  seq_len=args.seq_len, batch_size=args.batch_size, text_key=args.text_key,
                                  add_bos=not args.no_bos, add_eos=not args.no_eos,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -13,17 +12,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("count", help="count token ids of InternEvo .bin files, one result per file")
     p.add_argument("--src", required=True, help="tokenized data folder (searched recursively, links followed)")
     p.add_argument("--dst", required=True, help="result folder; unchanged files of an earlier run are skipped")
-    p.add_argument("--process-num", "--process_num", type=int, default=os.cpu_count() or 1,
-                   dest="process_num", help="parallel workers (threads) (default: all CPUs)")
+    p.add_argument("--process-num", "--process_num", type=int, default=None,
+                   dest="process_num", help="parallel workers (threads) (default: the CPUs this process may use: "
+                                            "affinity, SLURM_CPUS_PER_TASK, cgroup quota)")
     p.add_argument("--strict", action="store_true", help="a malformed line is an error")
-    p.add_argument("--force", action="store_true", help="recount files even when their result is current")
+    p.add_argument("--shard", default="0/1", metavar="I/N",
+                   help="count only shard I of N: files I, I+N, I+2N, ... of the sorted .bin list (one --dst per "
+                        "shard; `vocab merge --src` each shard's folder)")
+    p.add_argument("--force", action="store_true",
+                   help="recount files even when their result is current; replace a --dst holding another shard's "
+                        "or tokenizer's count")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer the data was made with (SentencePiece model, HF tokenizer.json or folder): ids "
                         "outside it are an error, its size is recorded for `vocab prune` to check")
     p.set_defaults(func=count_command)
 
     p = sub.add_parser("merge", help="sum count results into total_token_freq.json ({\"<id>\": count})")
-    p.add_argument("--src", required=True, help="result folder of `vocab count` (or of the seed's step1)")
+    p.add_argument("--src", required=True, action="append",
+                   help="result folder of `vocab count` (or of the seed's step1); repeat for each shard of a "
+                        "`vocab count --shard I/N` set (all N are required)")
     p.add_argument("--dst", required=True, help="output JSON file")
     p.add_argument("--force", action="store_true", help="replace an existing --dst")
     p.set_defaults(func=merge_command)
@@ -51,14 +58,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def count_command(args: argparse.Namespace) -> None:
-    from rethinktiny.vocab.count import count_folder
+    from rethinktiny.vocab.count import count_folder, parse_shard
 
+    shard = parse_shard(getattr(args, "shard", "0/1"))  # the seed script has no --shard or --tokenizer
     summary = count_folder(args.src, args.dst, process_num=args.process_num, strict=args.strict,
-                           force=args.force, tokenizer=getattr(args, "tokenizer", None))  # the seed script has no --tokenizer
-    print(f"counted {summary.tokens} tokens in {summary.documents} documents from {summary.files} file(s) "
+                           force=args.force, tokenizer=getattr(args, "tokenizer", None), shard=shard)
+    part = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
+    print(f"counted {summary.tokens} tokens in {summary.documents} documents from {summary.files} file(s){part} "
           f"({summary.skipped} unchanged since an earlier run) -> {args.dst}")
-    if summary.malformed_lines:
-        print(f"warning: {summary.malformed_lines} malformed line(s) skipped; first: {summary.first_malformed} "
+    if summary.problems:
+        kinds = [f"{n} {what}" for n, what in ((summary.malformed_lines, "malformed line(s) skipped"),
+                                               (summary.meta_mismatches, "line(s) counted whose token count differs "
+                                                                         "from the .meta index"),
+                                               (summary.index_problems, ".meta row problem(s)")) if n]
+        print(f"warning: {'; '.join(kinds)}; first: {summary.first_malformed} "
               f"(listed in the result files; --strict makes this an error)")
 
 

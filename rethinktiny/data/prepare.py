@@ -23,8 +23,13 @@ def iter_jsonl_texts(path: str | os.PathLike, text_key: str = "text",
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: corpus file not found")
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with open(path, "rb") as f:  # bytes, decoded line by line: a bad byte is named with its line
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise UserError(f"{path}:{number}: not UTF-8 text (byte {raw[err.start]:#04x} at column "
+                                f"{err.start + 1}); convert the corpus to UTF-8") from None
             if not line.strip():
                 continue
             try:

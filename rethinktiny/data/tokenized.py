@@ -37,10 +37,26 @@ def find_bin_files(folder: str | os.PathLike) -> list[Path]:
     return found
 
 
-def require_bin_files(folder: str | os.PathLike) -> list[Path]:
+def require_bin_files(folder: str | os.PathLike, need_meta: bool = False) -> list[Path]:
+    """The `.bin` files below `folder`, each checked against its `.bin.meta` (`check_bin_against_meta`:
+    sizes and the last document, no full read), so a truncated shard is a one-line error here and not
+    InternEvo's `seek out of range` inside the ranks.
+
+    Args:
+        folder: tokenized data folder.
+        need_meta: a `.bin` without `.bin.meta` is an error (InternEvo's loader asserts on it; `vocab
+            count` and the calibration reader do without).
+    """
     files = find_bin_files(folder)
     if not files:
         raise UserError(f"{folder}: no .bin files found (expected <folder>/<type>/*.bin)")
+    for path in files:
+        meta = read_meta(path)
+        if meta is None and need_meta:
+            raise UserError(f"{path}.meta: missing; InternEvo needs the .meta index of every .bin "
+                            f"(`rethinktiny data tokenize` writes both)")
+        if meta is not None:
+            check_bin_against_meta(path, meta)
     return files
 
 
@@ -48,10 +64,50 @@ def read_meta(bin_path: str | os.PathLike) -> np.ndarray | None:
     meta_path = Path(f"{bin_path}.meta")
     if not meta_path.exists():
         return None
-    meta = np.load(meta_path)
+    try:
+        meta = np.load(meta_path)
+    except (ValueError, OSError, EOFError) as err:  # truncated or not an .npy file
+        raise UserError(f"{meta_path}: unreadable .meta index ({err})") from None
     if meta.ndim != 2 or meta.shape[1] != 2:
         raise UserError(f"{meta_path}: expected an array of shape [lines, 2], got {meta.shape}")
     return meta
+
+
+def check_bin_against_meta(bin_path: str | os.PathLike, meta: np.ndarray) -> None:
+    """Cheap integrity check of one shard: the `.meta` rows are non-negative, the document at the
+    largest offset starts a line inside the file, is whole (ends with a newline) and holds the token
+    count its row says. A `.bin` truncated or replaced under its `.meta` fails here after reading one
+    line. Raises UserError naming the file.
+
+    Args:
+        bin_path: the `.bin` file.
+        meta: its `.bin.meta` rows (byte offset, token count).
+    """
+    if len(meta) == 0:
+        return
+    if (meta < 0).any():
+        raise UserError(f"{bin_path}.meta: negative offset or token count in row {int(np.flatnonzero((meta < 0).any(1))[0])}")
+    row = int(np.argmax(meta[:, 0]))
+    offset, expected = int(meta[row, 0]), int(meta[row, 1])
+    size = os.path.getsize(bin_path)
+    where = f"{bin_path}: .meta row {row} (byte {offset}, {expected} tokens)"
+    if offset >= size:
+        raise UserError(f"{where} points past the end of the file ({size} bytes); truncated, or not the "
+                        f"file this .meta indexes")
+    with open(bin_path, "rb") as f:
+        f.seek(max(offset - 1, 0))
+        before = f.read(1) if offset else b"\n"
+        line = f.readline()
+    if before != b"\n":
+        raise UserError(f"{where} does not start a line; the .bin is not the file this .meta indexes")
+    if not line.endswith(b"\n"):
+        raise UserError(f"{where}: the last document has no newline; the .bin is truncated")
+    try:
+        tokens = parse_tokens(line)
+    except ValueError as err:
+        raise UserError(f"{where}: {err}; the .bin is damaged or not the file this .meta indexes") from None
+    if len(tokens) != expected:
+        raise UserError(f"{where}: the line holds {len(tokens)} tokens; the .bin is not the file this .meta indexes")
 
 
 @dataclass
@@ -155,14 +211,35 @@ def write_documents(bin_path: str | os.PathLike, documents: Iterable[Iterable[in
     return writer.num_documents
 
 
-def count_tokens(folder: str | os.PathLike) -> tuple[int, int]:
-    """(documents, tokens) in a dataset folder, from the `.meta` indexes where present."""
+def count_tokens(folder: str | os.PathLike, verify: bool = False) -> tuple[int, int]:
+    """(documents, tokens) in a dataset folder, from the `.meta` indexes where present (each checked
+    against its `.bin` by `require_bin_files`).
+
+    Args:
+        folder: tokenized data folder.
+        verify: also read every `.bin` in full: a malformed line, or one whose token count differs
+            from its `.meta` row, is an error naming file and line.
+    """
     docs = tokens = 0
     for path in require_bin_files(folder):
         meta = read_meta(path)
+        if verify and meta is not None:
+            verify_bin_file(path, meta)
         if meta is None:
             lengths = [len(t) for t in iter_documents(path)]
             docs, tokens = docs + len(lengths), tokens + sum(lengths)
         else:
             docs, tokens = docs + len(meta), tokens + int(meta[:, 1].sum())
     return docs, tokens
+
+
+def verify_bin_file(path: Path, meta: np.ndarray) -> None:
+    """Every document of `path` parsed and compared with its `.meta` row (the fast block parser of
+    `vocab count`); the first problem is a UserError naming file and line."""
+    from rethinktiny.vocab.binparse import parse_bin_file  # it builds on this module
+
+    _, parsed = parse_bin_file(path, meta)
+    if parsed.malformed:
+        line, reason = parsed.malformed[0]
+        where = f"{path}:{line}" if line else str(path)
+        raise UserError(f"{where}: {reason}; {len(parsed.malformed)} problem(s) in total")

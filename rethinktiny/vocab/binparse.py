@@ -30,6 +30,8 @@ _COMMA, _SPACE, _ZERO = 44, 32, 48
 MAX_DIGITS = 8  # MAX_TOKEN_ID has 8 digits: a longer number is reported without computing its value
 _SMALLEST = np.array([0, 0] + [10 ** (n - 1) for n in range(2, MAX_DIGITS + 1)], dtype=np.uint64)
 MAX_META_REPORTS = 100
+# The reason of a line whose tokens are counted although its .meta row says another number.
+META_MISMATCH = "tokens but the .meta index says"
 
 
 @dataclass
@@ -191,7 +193,7 @@ def _parse_lines(block: Block, workspace: Workspace, meta: np.ndarray | None, fi
     ids = [values if counted.all() else values[np.repeat(counted, per_line)]]
     mismatch = counted & (expected >= 0) & (expected != per_line)
     for n in np.flatnonzero(mismatch):
-        malformed.append((int(n) + first_line, f"{per_line[n]} tokens but the .meta index says {expected[n]}"))
+        malformed.append((int(n) + first_line, f"{per_line[n]} {META_MISMATCH} {expected[n]}"))
     documents = int(counted.sum())
     for n in np.flatnonzero(~fast & selected):
         line = buffer[lines.starts[n]:lines.ends[n]].tobytes()
@@ -251,6 +253,6 @@ def _slow_line(number: int, line: bytes, expected: int, ids: list, malformed: li
         malformed.append((number, str(err)))
         return 0
     if expected >= 0 and expected != len(tokens):
-        malformed.append((number, f"{len(tokens)} tokens but the .meta index says {expected}"))
+        malformed.append((number, f"{len(tokens)} {META_MISMATCH} {expected}"))
     ids.append(np.asarray(tokens, dtype=np.int64))
     return 1
