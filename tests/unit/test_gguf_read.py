@@ -24,7 +24,8 @@ from rethinktiny.convert.gguf_read import from_gguf  # noqa: E402
 from rethinktiny.errors import UserError  # noqa: E402
 from rethinktiny.inherit.apply import inherit  # noqa: E402
 from rethinktiny.inherit.sources import GGUFSource, open_source  # noqa: E402
-from tests.unit.test_inherit_prune import NO_DATA, load_model  # noqa: E402
+from rethinktiny.checkpoint import load_model  # noqa: E402
+from tests.unit.inherit_helpers import NO_DATA  # noqa: E402
 from tests.unit.test_source_families import IDS, VOCAB, hf_model  # noqa: E402
 
 # HF name part -> llama.cpp's GGUF name part

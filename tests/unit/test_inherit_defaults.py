@@ -9,7 +9,7 @@ from rethinktiny.cli import build_parser, main
 from rethinktiny.cli import inherit as cli_inherit
 from rethinktiny.data.tokenized import write_documents
 from rethinktiny.inherit.apply import inherit
-from tests.unit.test_inherit_prune import CFG, make_source
+from tests.unit.inherit_helpers import CFG, make_source
 
 SMALL = CFG.replace(num_layers=2, hidden_size=64, num_attention_heads=2, num_kv_heads=1, intermediate_size=128)
 

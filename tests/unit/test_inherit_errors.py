@@ -4,10 +4,11 @@ import json
 
 import pytest
 
+from rethinktiny.checkpoint import load_model
 from rethinktiny.cli import main
 from rethinktiny.errors import UserError
 from rethinktiny.inherit.apply import inherit
-from tests.unit.test_inherit_prune import CFG, NO_DATA, load_model, make_source
+from tests.unit.inherit_helpers import CFG, NO_DATA, make_source
 
 
 @pytest.fixture(scope="module")

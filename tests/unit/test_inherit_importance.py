@@ -15,7 +15,7 @@ from rethinktiny.inherit.layers import top_indices
 from rethinktiny.inherit.layerwise import Gates, LayerRunner, gate_hooks
 from rethinktiny.inherit.sources import open_source, release_mapped_files
 from rethinktiny.model import PanGuPi
-from tests.unit.test_inherit_prune import CFG, make_source
+from tests.unit.inherit_helpers import CFG, make_source
 
 KEPT = [0, 2, 3]
 IDS = torch.randint(0, CFG.vocab_size, (6, 20), generator=torch.Generator().manual_seed(2))

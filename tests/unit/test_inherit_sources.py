@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from rethinktiny.checkpoint import save_model_only, write_model_config
+from rethinktiny.checkpoint import load_model, save_model_only, write_model_config
 from rethinktiny.config import get_preset
 from rethinktiny.errors import UserError
 from rethinktiny.inherit.apply import inherit
@@ -15,7 +15,7 @@ from rethinktiny.rotary_layout import half_to_interleaved, interleaved_to_half
 from rethinktiny.inherit.sources import HFSource, open_source
 from rethinktiny.model import PanGuPi
 from tests.unit.shard_helpers import save_like_internevo, split_like_internevo
-from tests.unit.test_inherit_prune import CFG, NO_DATA, load_model, make_source, write_calib
+from tests.unit.inherit_helpers import CFG, NO_DATA, make_source, write_calib
 
 transformers = pytest.importorskip("transformers")
 

@@ -21,7 +21,8 @@ from rethinktiny.errors import UserError  # noqa: E402
 from rethinktiny.inherit.apply import inherit  # noqa: E402
 from rethinktiny.inherit.sources import HFSource, InternLM2Source, open_source  # noqa: E402
 from rethinktiny.model import PanGuPi  # noqa: E402
-from tests.unit.test_inherit_prune import NO_DATA, load_model  # noqa: E402
+from rethinktiny.checkpoint import load_model  # noqa: E402
+from tests.unit.inherit_helpers import NO_DATA  # noqa: E402
 
 VOCAB = 96
 IDS = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(1))
