@@ -22,6 +22,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     for name in ("seq_len", "micro_num", "micro_bsz", "total_steps", "zero1_size", "checkpoint_every"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--checkpoint", default="false", metavar="true|false|SHARE",
+                   help="model.checkpoint: activation checkpointing of all, no or this share of layers")
     p.add_argument("--dtype", default=defaults.dtype, type=config_dtype_argument(),
                    help=f"model.dtype of the config: {dtype_help()} or tf32 (default {defaults.dtype})")
     p.add_argument("--train-folder", default=None)
@@ -52,7 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _export(args: argparse.Namespace) -> None:
     from rethinktiny.checkpoint import read_model_config
     from rethinktiny.config import get_preset
-    from rethinktiny.configfiles.export import export_config, render_config
+    from rethinktiny.configfiles.export import export_config, parse_checkpoint, render_config
 
     cfg = read_model_config(args.inherit) if args.inherit else get_preset(args.preset)
     shape = {key: getattr(args, key) for key in ("hidden_size", "num_layers", "num_attention_heads", "num_kv_heads",
@@ -72,6 +74,7 @@ def _export(args: argparse.Namespace) -> None:
     opts = TrainOptions(
         job_name=args.job_name or cfg.name, seq_len=args.seq_len, micro_num=args.micro_num, micro_bsz=args.micro_bsz,
         total_steps=args.total_steps, lr=args.lr, dtype=args.dtype, zero1_size=args.zero1_size,
+        checkpoint=parse_checkpoint(args.checkpoint),
         checkpoint_every=args.checkpoint_every, train_folder=args.train_folder, valid_folder=args.valid_folder,
         save_ckpt_folder=args.save_ckpt_folder, inherit=args.inherit, resample=args.resample, cpu_ranks=args.cpu,
         warmup_ratio=args.warmup_ratio, min_lr=args.min_lr, weight_decay=args.weight_decay,

@@ -27,7 +27,10 @@ class TrainOptions:
     warmup_ratio: float = 0.03
     weight_decay: float = 0.1
     dtype: str = "torch.bfloat16"
-    zero1_size: int = 8
+    # <= 0: ZeRO-1 over all data-parallel ranks, whatever their number (InternEvo refuses a size
+    # larger than the ranks a run has, so a fixed 8 broke every smaller run).
+    zero1_size: int = -1
+    checkpoint: bool | float = False  # model.checkpoint: True/False or the share of layers in [0, 1]
     checkpoint_every: int = 50
     valid_every: int = 1000
     min_length: int = 50
@@ -38,6 +41,20 @@ class TrainOptions:
     resample: str | None = None  # a `rethinktiny resample` output folder to train on
     cpu_ranks: int = 0  # > 0: a CPU run with this many ranks (fp32, gloo, no overlap, no loader workers)
     extra_comments: list[str] = field(default_factory=list)
+
+
+def parse_checkpoint(text: str) -> bool | float:
+    """`--checkpoint`: true/false or the share of layers in [0, 1], as InternEvo reads model.checkpoint."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        share = float(lowered)
+    except ValueError:
+        share = -1.0
+    if not 0 <= share <= 1:
+        raise UserError(f"--checkpoint {text!r}: expected true, false or a share of layers in [0, 1]")
+    return share
 
 
 def _literal(value) -> str:
@@ -93,9 +110,6 @@ def render_config(cfg: ModelConfig, opts: TrainOptions | None = None, command: s
     opts = opts or TrainOptions()
     if opts.cpu_ranks and opts.dtype == TrainOptions.dtype:
         opts = dataclasses.replace(opts, dtype="torch.float32")  # bf16 matmuls are slow on most CPUs
-    if opts.cpu_ranks and opts.zero1_size == TrainOptions.zero1_size:
-        # The cluster default (ZeRO-1 over 8) is more ranks than a CPU run has: InternEvo refuses it.
-        opts = dataclasses.replace(opts, zero1_size=-1)
     header = [f"# InternEvo config for {cfg.name}: {cfg.num_layers} layers x {cfg.hidden_size}, "
               f"{cfg.num_attention_heads} heads ({cfg.num_kv_heads} kv), FFN {cfg.intermediate_size}, "
               f"vocabulary {cfg.vocab_size}, {cfg.num_params() / 1e9:.3f}B parameters "
@@ -114,7 +128,7 @@ def render_config(cfg: ModelConfig, opts: TrainOptions | None = None, command: s
         sampler=_sampler_lines(opts), lr=opts.lr, weight_decay=opts.weight_decay, warmup_ratio=opts.warmup_ratio,
         min_lr=opts.min_lr, model=_model_block(cfg, opts), dtype=opts.dtype,
         preset=f'    preset="{cfg.name}",  # the shape below starts from this preset\n' if cfg.name in PRESETS else "",
-        zero1_size=opts.zero1_size, **_runtime_lines(opts))
+        zero1_size=opts.zero1_size, checkpoint=opts.checkpoint, **_runtime_lines(opts))
 
 
 def export_config(dst: str | Path, preset: str | None = None, cfg: ModelConfig | None = None,
@@ -176,6 +190,8 @@ grad_scaler = dict(
     hysteresis=2,
 )
 
+# overlap_sync_grad: reduce gradients bucket by bucket during backward; overlap_sync_param: broadcast
+# the updated ZeRO-1 shards block by block during the next forward (both off on CPU: gloo gains nothing).
 hybrid_zero_optimizer = dict(
     overlap_sync_grad={overlap},
     overlap_sync_param={overlap},
@@ -199,7 +215,7 @@ beta2_scheduler = dict(init_beta2=adam["adam_beta2"], c=adam["adam_beta2_c"], cu
 
 model = dict(
 {preset}{model}
-    checkpoint=False,  # activation checkpointing: True/False or the share of layers in [0, 1]
+    checkpoint={checkpoint!r},  # activation checkpointing: True/False or the share of layers in [0, 1]
     dtype="{dtype}",  # "torch.bfloat16", "torch.float16", "torch.float32", "torch.tf32"
     embed_split_hidden=True,
     embed_grad_scale=1,
@@ -219,8 +235,9 @@ model = dict(
 parallel = dict(
     zero1=dict(size={zero1_size}, fsdp=False),  # <=0: shard optimizer states over all data-parallel ranks
     tensor=dict(size=1, mode="mtp"),
-    pipeline=dict(size=1, interleaved_overlap=True),
-    weight=dict(size=1, overlap=True, memory_pool=True),
+    # no pipeline and no weight (ISP) parallel: their overlap and memory-pool settings have nothing to act on
+    pipeline=dict(size=1, interleaved_overlap=False),
+    weight=dict(size=1, overlap=False, memory_pool=False),
 )
 
 cudnn_deterministic = False
