@@ -28,7 +28,8 @@ from rethinktiny.inherit.calib import Calibration, calibration_batches, is_text_
 from rethinktiny.inherit.importance import (CALIBRATED_METRICS, WIDTH_METRICS, WidthScores, activation_scores,
                                             block_influence, learnable_scores, magnitude_scores, random_scores,
                                             shortcut_magnitudes, taylor_scores)
-from rethinktiny.inherit.layers import LAYER_STRATEGIES, choose_layers, is_explicit_list, parse_layer_list, top_indices
+from rethinktiny.inherit.layer_choice import (LAYER_STRATEGIES, choose_layers, is_explicit_list, parse_layer_list,
+                                              top_indices)
 from rethinktiny.inherit.prune import (KeepPlan, LayerKeep, check_target_fits, choose_heads, prune_globals,
                                        prune_layer)
 from rethinktiny.inherit.report import PLOT_FILE, build_report, plot_layer_importance, write_report

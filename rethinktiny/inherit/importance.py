@@ -7,7 +7,7 @@ Every metric returns `WidthScores` (higher = keep) for the kept source layers:
   of each neuron, mean |RMSNorm output| of each hidden channel, on calibration data, one layer's
   hidden states at a time;
 - `taylor` (LLM-Pruner's first order): sum over a unit's weights of |w * dL/dw| on calibration
-  data, with gradients from the layer-wise backward pass (`layerwise.py`);
+  data, with gradients from the layer-wise backward pass (`layer_runner.py`);
 - `learnable`: hard-concrete masks on heads, neurons and hidden channels trained on calibration
   data with the LM loss under a target-size constraint (augmented Lagrangian, as Sheared-LLaMA);
   the final keep probabilities are the scores;
@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from rethinktiny.config import ModelConfig
 from rethinktiny.errors import UserError
-from rethinktiny.inherit.layerwise import (Gates, LayerRunner, head_backward, layers_backward,
+from rethinktiny.inherit.layer_runner import (Gates, LayerRunner, head_backward, layers_backward,
                                            run_layers_forward)
 from rethinktiny.inherit.sources import Source
 

@@ -20,7 +20,7 @@ import torch
 
 from rethinktiny.config import ModelConfig
 from rethinktiny.errors import UserError
-from rethinktiny.inherit.layers import top_indices
+from rethinktiny.inherit.layer_choice import top_indices
 
 
 @dataclass

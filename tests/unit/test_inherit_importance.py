@@ -11,8 +11,8 @@ from rethinktiny.checkpoint import save_model_only
 from rethinktiny.inherit.importance import (LayerSums, _gate_gradients, activation_scores, block_influence,
                                             hard_concrete_keep_probability, hard_concrete_sample, layer_unit_scores,
                                             learnable_scores, magnitude_scores, taylor_scores)
-from rethinktiny.inherit.layers import top_indices
-from rethinktiny.inherit.layerwise import Gates, LayerRunner, gate_hooks
+from rethinktiny.inherit.layer_choice import top_indices
+from rethinktiny.inherit.layer_runner import Gates, LayerRunner, gate_hooks
 from rethinktiny.inherit.sources import open_source, release_mapped_files
 from rethinktiny.model import PanGuPi
 from tests.unit.inherit_helpers import CFG, make_source

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from rethinktiny.errors import UserError
-from rethinktiny.inherit.layers import (choose_layers, first_last_layers, parse_layer_list, select_layers,
+from rethinktiny.inherit.layer_choice import (choose_layers, first_last_layers, parse_layer_list, select_layers,
                                         top_indices, uniform_layers)
 
 
