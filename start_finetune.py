@@ -12,7 +12,8 @@ rank, master address/port, rendezvous timeout); their defaults come from the env
 
 import sys
 
-from rethinktiny.launcher import main
+from rethinktiny.cli import run_command
+from rethinktiny.cli.train import build_parser, train
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(train, build_parser().parse_args()))

@@ -131,10 +131,11 @@ def main() -> None:
     parser.add_argument("--work", default="outputs/bench/score_throughput")
     args = parser.parse_args()
 
-    from rethinktiny.launcher import default_nproc
+    from rethinktiny.launch import LaunchOptions, load_config
     from rethinktiny.resample.run import read_training_config
 
-    nproc = args.nproc_per_node or default_nproc(args.config)
+    hint = load_config(args.config).nproc_hint
+    nproc = LaunchOptions.from_env(nproc_per_node=args.nproc_per_node).resolve(hint).nproc_per_node
     work = REPO / args.work
     shutil.rmtree(work, ignore_errors=True)
     source = Path(args.data or read_training_config(args.config).data["train_folder"])

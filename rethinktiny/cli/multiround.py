@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from rethinktiny.cli.resample import add_launch_arguments, add_sampling_arguments, launch_options
+from rethinktiny.cli.resample import add_sampling_arguments
+from rethinktiny.cli.train import add_launch_arguments, launch_options
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -13,9 +14,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_sampling_arguments(parser, ratio_required=False)
     parser.add_argument("--work", help="output folder (default: outputs/multiround/<config name>)")
     parser.add_argument("--data", help="full training data folder (default: the config's data.train_folder)")
-    parser.add_argument("--mode", choices=["copy", "sampler"], default="copy",
-                        help="copy: write the chosen batches as data; sampler: train on the original folder with "
-                             "data.sampler='multi_round' (no copy)")
+    parser.add_argument("--mode", choices=["sampler", "copy"], default="sampler",
+                        help="sampler: train on the original folder with data.sampler='multi_round' (nothing "
+                             "copied); copy: write the chosen batches as a new data folder")
     parser.add_argument("--round-steps", type=int, nargs="+", default=[], metavar="STEPS",
                         help="training steps of rounds 1, 2, ... (default: the config's total_steps for round 1, "
                              "times the kept fraction for later rounds)")

@@ -3,28 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 
-
-def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
-    """Rank-start options shared with training (defaults from the environment, as start_finetune.py)."""
-    g = parser.add_argument_group("scoring ranks (same launcher as training)")
-    g.add_argument("--launcher", choices=["torch", "slurm"], default="torch",
-                   help="torchrun on this node, or srun inside a Slurm allocation")
-    g.add_argument("--nproc-per-node", type=int, default=None,
-                   help="ranks per node (default: as start_finetune.py: Slurm/torchrun env, GPU count, "
-                        "the config's launch hint)")
-    g.add_argument("--nnodes", type=int, default=int(os.environ.get("SLURM_NNODES", os.environ.get("NNODES", 1))))
-    g.add_argument("--node-rank", type=int, default=int(os.environ.get("NODE_RANK", 0)))
-    g.add_argument("--master-addr", default=os.environ.get("MASTER_ADDR", "127.0.0.1"))
-    g.add_argument("--master-port", type=int, default=None, help="default: a free port on a single node")
-
-
-def launch_options(args: argparse.Namespace):
-    from rethinktiny.resample.launch import LaunchOptions
-
-    return LaunchOptions(nproc_per_node=args.nproc_per_node, nnodes=args.nnodes, node_rank=args.node_rank,
-                         master_addr=args.master_addr, master_port=args.master_port, launcher=args.launcher)
+from rethinktiny.cli.train import add_launch_arguments, launch_options
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, ratio_required: bool = True) -> None:

@@ -33,13 +33,14 @@ import torch.distributed as dist
 
 from rethinktiny.configfiles.load import local_path
 from rethinktiny.errors import UserError
+from rethinktiny.launch import DEFAULT_MASTER_PORT, exit_with_parent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="rethinktiny training entry (one rank)")
     parser.add_argument("--config", required=True, help="InternEvo Python config file")
     parser.add_argument("--launcher", choices=["torch", "slurm"], default="torch")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("MASTER_PORT", 8888)),
+    parser.add_argument("--port", type=int, default=int(os.environ.get("MASTER_PORT", DEFAULT_MASTER_PORT)),
                         help="master port (slurm launcher; torchrun sets MASTER_PORT itself)")
     parser.add_argument("--seed", type=int, default=1024)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -47,28 +48,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+DISTILL_FIGURES = ("kd_loss", "ce_loss", "teacher_mass", "cache_hits")  # rethinktiny.internevo.distill
+
+
 class StepLog:
     """Rank 0's per-step line, the metrics file the demo's plots read, and TensorBoard events."""
 
-    def __init__(self, save_folder: Path | None, tokens_per_step: int, tb_writer=None) -> None:
+    def __init__(self, save_folder: Path | None, tokens_per_step: int, tb_writer=None, start_step: int = 0) -> None:
+        """`start_step`: the step training (re)starts from; rows a crashed run wrote after it are dropped,
+        so a resumed run's file holds each step once (TensorBoard's purge_step does the same)."""
         self.path = save_folder / "train_metrics.jsonl" if save_folder else None
         self.tokens_per_step = tokens_per_step
         self.tb_writer = tb_writer
         self.last_time = time.time()
+        if self.path is not None and self.path.is_file():
+            drop_rows_after(self.path, start_step)
 
     def write(self, step: int, loss: float, lr: float, grad_norm: float, skipped: bool,
-              valid: dict[str, dict[str, float]] | None = None, step_end: float | None = None) -> None:
-        """One step's record; `step_end`: when its update finished (validation time is not training time)."""
+              valid: dict[str, dict[str, float]] | None = None, step_end: float | None = None,
+              extra: dict[str, float] | None = None) -> None:
+        """One step's record; `step_end`: when its update finished (validation time is not training time);
+        `extra`: further per-step figures (distillation's kd_loss, ce_loss, teacher_mass)."""
         now = time.time()
         tokens_per_s = self.tokens_per_step / max((step_end or now) - self.last_time, 1e-9)
         self.last_time = now
         record = {"step": step, "loss": round(loss, 6), "lr": lr, "grad_norm": round(grad_norm, 6),
                   "tokens": step * self.tokens_per_step, "tokens_per_s": round(tokens_per_s, 1),
-                  "skipped": skipped}
+                  "skipped": skipped, **(extra or {})}
         if valid:
             record["valid"] = valid
         print(f"[rethinktiny] step {step:>6} | loss {loss:.4f} | lr {lr:.3e} | grad_norm {grad_norm:.3f} "
-              f"| {tokens_per_s:,.0f} tokens/s" + (" | update skipped" if skipped else ""), flush=True)
+              + "".join(f"| {name} {value:.4f} " for name, value in (extra or {}).items())
+              + f"| {tokens_per_s:,.0f} tokens/s" + (" | update skipped" if skipped else ""), flush=True)
         for data_type, figures in (valid or {}).items():
             print(f"[rethinktiny] valid  {step:>6} | {data_type} | loss {figures['loss']:.4f} "
                   f"| perplexity {figures['perplexity']:.2f} | acc {figures['acc']:.4f}", flush=True)
@@ -82,8 +93,9 @@ class StepLog:
         if self.tb_writer is None:
             return
         step = record["step"]
-        for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
-            self.tb_writer.add_scalar(f"train/{key}", record[key], step)
+        for key in ("loss", "lr", "grad_norm", "tokens_per_s", *DISTILL_FIGURES):
+            if key in record:
+                self.tb_writer.add_scalar(f"train/{key}", record[key], step)
         for data_type, figures in record.get("valid", {}).items():
             for key, value in figures.items():
                 self.tb_writer.add_scalar(f"valid/{data_type}/{key}", value, step)
@@ -92,6 +104,27 @@ class StepLog:
     def close(self) -> None:
         if self.tb_writer is not None:
             self.tb_writer.close()
+
+
+def drop_rows_after(path: Path, step: int) -> int:
+    """Keep the rows of a metrics file up to `step` (and no torn last line); atomic. Returns how
+    many rows were dropped."""
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row_step = json.loads(line)["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            row_step = None  # a line cut short when the run was killed
+        if isinstance(row_step, int) and row_step <= step:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+        print(f"[rethinktiny] {path}: dropped {dropped} row(s) after step {step}, where training resumes", flush=True)
+    return dropped
 
 
 class ValidationFigures:
@@ -196,7 +229,9 @@ def run(config_path: str, overrides: list[str] = ()) -> None:
     tokens_per_step = cfg.data.micro_num * cfg.data.micro_bsz * cfg.data.seq_len * gpc.get_world_size(ParallelMode.DATA)
     log_rank = gpc.is_rank_for_log()
     tb_writer = _tensorboard_writer(cfg, save_folder, train_state.step_count) if log_rank else None
-    log = StepLog(save_folder if log_rank else None, tokens_per_step, tb_writer)
+    log = StepLog(save_folder if log_rank else None, tokens_per_step, tb_writer, train_state.step_count)
+    if log_rank:
+        _log_attention_path(model_cfg)
     try:
         _train_loop(trainer, train_dl, train_state, ckpt_manager, metric, log, model_cfg, load_new_batch,
                     (val_dls or {}, valid_every))
@@ -251,6 +286,8 @@ def _train_loop(trainer, train_dl, train_state, ckpt_manager, metric, log, model
                 validation) -> None:
     from internlm.core.context import global_context as gpc
 
+    from rethinktiny.internevo.distill import step_figures as distill_step_figures
+
     val_dls, valid_every = validation
     total_steps = gpc.config.data.total_steps
     trainer.train()
@@ -273,18 +310,28 @@ def _train_loop(trainer, train_dl, train_state, ckpt_manager, metric, log, model
         if not torch.isfinite(torch.tensor(mean_loss)):
             raise FloatingPointError(f"loss is {mean_loss} at step {batch_count + 1}")
         valid, step_end = None, time.time()
+        figures = distill_step_figures()  # every rank: it averages over data-parallel ranks
         if valid_every and val_dls and train_state.step_count % valid_every == 0:
             valid = validate(trainer, val_dls, train_state.step_count)  # every rank takes part
         if gpc.is_rank_for_log():
             lr = trainer.engine.optimizer.param_groups[0]["lr"]
             log.write(train_state.step_count, mean_loss, lr, _grad_norm(grad_norm_groups), not success, valid,
-                      step_end)
+                      step_end, figures)
         saved_before = ckpt_manager.storage_manager.latest_save_step
         now_break = ckpt_manager.try_save_checkpoint(train_state)
         if ckpt_manager.storage_manager.latest_save_step != saved_before and gpc.is_rank_for_log() and model_cfg:
             _write_step_model_config(ckpt_manager.storage_manager.latest_save_folder, model_cfg)
         if now_break:
             break
+
+
+def _log_attention_path(model_cfg) -> None:
+    """Which packed-attention kernel our model runs here (flash-attn varlen, SDPA per document, ...)."""
+    from rethinktiny import model as our_model
+    from internlm.utils.common import get_current_device
+
+    if model_cfg is not None and hasattr(our_model, "attention_path"):
+        print(f"[rethinktiny] attention: {our_model.attention_path(get_current_device())}", flush=True)
 
 
 def _config_text(config_path: str, overrides) -> str:
@@ -310,6 +357,7 @@ def _rank() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_with_parent()  # a rank outlives neither torchrun nor the launcher
     args = parse_args(argv)
     # InternEvo asks its DataLoader for pinned memory, which means nothing without a GPU.
     warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator is found.*")

@@ -2,14 +2,17 @@
 the previous round's final checkpoint, keeps the hard ones (`resample_data`) and continues
 training from that checkpoint on them.
 
-Each round trains with `start_finetune.py`'s launcher (InternEvo's real trainer), saving to
-`<work>/round<k>/ckpt`; a later round loads the previous round's model weights (a fresh optimizer
-and learning-rate schedule over the round's steps). Two ways to feed a later round:
+Each round trains with `start_finetune.py`'s launcher (`rethinktiny.launch.train`, InternEvo's
+real trainer), saving to `<work>/round<k>/ckpt`; a later round loads the previous round's model
+weights (a fresh optimizer and learning-rate schedule over the round's steps). Two ways to feed a
+later round:
+- "sampler" (default): only the selection is written and the round trains on the original folder
+  with `data.sampler="multi_round"` (InternEvo reads the chosen batches; nothing is copied);
 - "copy": the chosen batches are written to `<work>/round<k>/data` and the round trains on that
-  folder (with `data.min_length=0`: the copy's row-end fragments are real data however short);
-- "sampler": only the selection is written and the round trains on the original folder with
-  `data.sampler="multi_round"` (no copy, for corpora too big to rewrite).
+  folder (with `data.min_length=0`: the copy's row-end fragments are real data however short).
 A finished round leaves `round.json`; a re-run skips finished rounds and reuses a finished resample.
+On several nodes every node's launcher runs this: all train and score, node 0 alone writes
+(selection, `round.json`, `summary.json`); the others wait for what node 0 wrote.
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from rethinktiny.artifacts import write_json
 from rethinktiny.errors import UserError
-from rethinktiny.resample.launch import LaunchOptions
+from rethinktiny.launch import LaunchOptions, is_writer_node, load_config, train
 
-MODES = ("copy", "sampler")
+MODES = ("sampler", "copy")
 
 
 @dataclass
@@ -33,13 +36,14 @@ class RoundPlan:
     """The settings every round shares."""
 
     config: Path
+    training: Any  # the loaded TrainingConfig (with `overrides`)
     work: Path
     data: str
     total_steps: int
     has_lr_scheduler: bool
     overrides: list[str]
     launch: LaunchOptions
-    mode: str = "copy"
+    mode: str = "sampler"
     seed: int = 0
     temperature: float = 1.0
     batch_ranks: int = 1
@@ -64,30 +68,22 @@ class RoundResult:
     seconds: float = 0.0
 
 
-def launcher_args(plan: RoundPlan, save: Path, steps: int, extra: Sequence[str]) -> list[str]:
-    """`start_finetune.py` arguments for one round."""
-    sets = [*plan.overrides, f"ckpt.save_ckpt_folder={'local:' + str(save)!r}", f"data.total_steps={steps}",
-            "ckpt.auto_resume=False", *extra]
+def round_overrides(plan: RoundPlan, save: Path, steps: int, extra: Sequence[str]) -> list[str]:
+    """The `--set` items one round adds to the config's."""
+    sets = [f"ckpt.save_ckpt_folder={'local:' + str(save)!r}", f"data.total_steps={steps}", "ckpt.auto_resume=False",
+            *extra]
     if plan.has_lr_scheduler:  # the config computed it from its own total_steps
         sets.append(f"lr_scheduler.total_steps={steps}")
-    launch = plan.launch
-    args = ["--config", str(plan.config), "--launcher", launch.launcher, "--nnodes", str(launch.nnodes),
-            "--node-rank", str(launch.node_rank), "--master-addr", launch.master_addr, "--seed", str(plan.seed)]
-    if launch.nproc_per_node is not None:
-        args += ["--nproc-per-node", str(launch.nproc_per_node)]
-    if launch.master_port is not None:
-        args += ["--master-port", str(launch.master_port)]
-    return args + [item for text in sets for item in ("--set", text)]
+    return sets
 
 
 def train_round(plan: RoundPlan, number: int, steps: int, extra: Sequence[str]) -> Path:
     """Run one round's training; returns its final checkpoint (step folder)."""
     from rethinktiny.checkpoint import find_step_folder
-    from rethinktiny.launcher import main as start_finetune
 
     save = plan.work / f"round{number}" / "ckpt"
     print(f"[rethinktiny] multiround: round {number}: training {steps} steps -> {save}", flush=True)
-    code = start_finetune(launcher_args(plan, save, steps, extra))
+    code = train(plan.training, plan.launch, seed=plan.seed, extra_overrides=round_overrides(plan, save, steps, extra))
     if code != 0:
         raise UserError(f"round {number}: training failed (exit {code}); see the output above")
     return find_step_folder(save)
@@ -127,9 +123,8 @@ def later_round(plan: RoundPlan, number: int, previous: RoundResult) -> RoundRes
                       num_batches=plan.num_batches, seed=plan.seed + number, temperature=plan.temperature,
                       batch_ranks=plan.batch_ranks, copy_data=plan.mode == "copy", overrides=plan.overrides,
                       launch=plan.launch, force=True, progress=plan.progress)
-    summary = json.loads((out / "manifest.json").read_text())["summary"]
+    summary = json.loads(_written_by_node0(out / "manifest.json", plan).read_text())["summary"]
     steps = _round_steps(plan, number, summary["num_selected"] / summary["num_batches"])
-    # a dict literal: --set values are read with ast.literal_eval, which does not evaluate dict(...)
     info = dict(path="local:" + previous.checkpoint, content=("model",), ckpt_type="internevo")
     load = f"ckpt.load_ckpt_info={info!r}"
     if plan.mode == "copy":
@@ -144,8 +139,19 @@ def later_round(plan: RoundPlan, number: int, previous: RoundResult) -> RoundRes
                        summary["mean_loss_selected"], round(time.time() - start, 1))
 
 
+def _written_by_node0(path: Path, plan: RoundPlan) -> Path:
+    """`path` once it exists: on node 0 at once, on another node after node 0 wrote it (shared folder)."""
+    deadline = time.monotonic() + plan.launch.rdzv_timeout
+    while not path.is_file():
+        if is_writer_node(plan.launch) or time.monotonic() > deadline:
+            raise UserError(f"{path}: not written" + ("" if is_writer_node(plan.launch) else
+                            f" by node 0 within {plan.launch.rdzv_timeout} s; is --work on a shared file system?"))
+        time.sleep(1)
+    return path
+
+
 def run_rounds(plan: RoundPlan, rounds: int) -> list[RoundResult]:
-    """Rounds 1..`rounds`, skipping those a previous run finished."""
+    """Rounds 1..`rounds`, skipping those a previous run finished; node 0 writes `round.json`."""
     results: list[RoundResult] = []
     for number in range(1, rounds + 1):
         done = plan.work / f"round{number}" / "round.json"
@@ -153,7 +159,8 @@ def run_rounds(plan: RoundPlan, rounds: int) -> list[RoundResult]:
             results.append(RoundResult(**json.loads(done.read_text())))
             continue
         result = first_round(plan) if number == 1 else later_round(plan, number, results[-1])
-        write_json(done, asdict(result))
+        if is_writer_node(plan.launch):
+            write_json(done, asdict(result))
         results.append(result)
     return results
 
@@ -168,11 +175,10 @@ def _check_amount(rounds: int, ratio: float | None, num_batches: int | None) -> 
 
 
 def make_plan(config: str | os.PathLike, rounds: int, ratio: float | None = None, num_batches: int | None = None,
-              work: str | os.PathLike | None = None, data: str | None = None, mode: str = "copy", seed: int = 0,
+              work: str | os.PathLike | None = None, data: str | None = None, mode: str = "sampler", seed: int = 0,
               temperature: float = 1.0, batch_ranks: int = 1, round_steps: Sequence[int] = (),
               overrides: Sequence[str] = (), launch: LaunchOptions | None = None, progress: bool = True) -> RoundPlan:
     """Check the arguments and the config before anything trains; see `multiround` for them."""
-    from rethinktiny.configfiles.load import apply_overrides, load_config_file
     from rethinktiny.data.tokenized import require_bin_files
     from rethinktiny.resample.sampling import check_temperature
 
@@ -182,8 +188,8 @@ def make_plan(config: str | os.PathLike, rounds: int, ratio: float | None = None
         raise UserError(f"--mode must be one of {MODES}, got {mode!r}")
     if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in round_steps) or len(round_steps) > rounds:
         raise UserError(f"--round-steps needs at most {rounds} positive integers, got {list(round_steps)}")
-    loaded = load_config_file(config)
-    apply_overrides(loaded, list(overrides))
+    training = load_config(config, overrides)
+    loaded = training.raw
     data = data or loaded.get("data", {}).get("train_folder")
     if not data:
         raise UserError(f"{config}: no data.train_folder; pass --data")
@@ -192,9 +198,9 @@ def make_plan(config: str | os.PathLike, rounds: int, ratio: float | None = None
     if not isinstance(total_steps, int) or total_steps < 1:
         raise UserError(f"{config}: data.total_steps must be a positive integer, got {total_steps!r}")
     work = Path(work) if work else Path("outputs") / "multiround" / Path(config).stem
-    return RoundPlan(config=Path(config), work=work, data=str(data), total_steps=total_steps,
+    return RoundPlan(config=Path(config), training=training, work=work, data=str(data), total_steps=total_steps,
                      has_lr_scheduler=isinstance(loaded.get("lr_scheduler"), dict), overrides=list(overrides),
-                     launch=launch or LaunchOptions(), mode=mode, seed=seed, temperature=temperature,
+                     launch=launch or LaunchOptions.from_env(), mode=mode, seed=seed, temperature=temperature,
                      batch_ranks=batch_ranks, ratio=ratio, num_batches=num_batches, round_steps=list(round_steps),
                      progress=progress)
 
@@ -210,13 +216,16 @@ def multiround(config: str | os.PathLike, rounds: int, ratio: float | None = Non
         ratio: fraction of batches each later round keeps, in (0, 1]; or give `num_batches`.
         num_batches: N0, batches each later round keeps.
         **options: `make_plan`'s keywords: work (output folder, default outputs/multiround/<config
-            name>), data, mode ("copy" or "sampler"), seed, temperature, batch_ranks, round_steps
+            name>), data, mode ("sampler", the default, or "copy"), seed, temperature, batch_ranks, round_steps
             (steps per round; default: the config's total_steps, then that times the kept
             fraction), overrides (`--set` items for every round), launch, progress.
     """
     plan = make_plan(config, rounds, ratio, num_batches, **options)
     results = run_rounds(plan, rounds)
-    write_json(plan.work / "summary.json", [asdict(r) for r in results])
+    if is_writer_node(plan.launch):
+        write_json(plan.work / "summary.json", [asdict(r) for r in results])
+    else:
+        print(f"[rethinktiny] multiround: node {plan.launch.node_rank} done; node 0 writes {plan.work}", flush=True)
     return results
 
 

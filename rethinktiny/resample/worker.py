@@ -19,8 +19,10 @@ from tqdm import tqdm
 
 from rethinktiny.checkpoint import load_model
 from rethinktiny.config import ModelConfig
+from rethinktiny.dtypes import use_matmul_precision
 from rethinktiny.errors import UserError
-from rethinktiny.resample.batches import PackedCorpus, RowReader, batch_rows
+from rethinktiny.launch import exit_with_parent
+from rethinktiny.resample.batches import PackedCorpus, RowReader
 from rethinktiny.resample.scorefiles import ScoreAppender, ScorePlan, read_scores
 from rethinktiny.resample.scoring import batch_loss
 from rethinktiny.resample.spec import BatchSpec
@@ -37,15 +39,27 @@ def rank_and_world() -> tuple[int, int, int]:
 
 
 def scoring_device(local_rank: int) -> torch.device:
+    """This rank's GPU, made the current device (kernels and allocations not placed explicitly,
+    e.g. flash-attn's workspace, would otherwise all land on GPU 0); the CPU without one."""
     if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+        return device
     return torch.device("cpu")
 
 
 def batches_to_score(plan: ScorePlan, rank: int, world: int) -> list[int]:
-    """This rank's share of the batches no earlier attempt scored."""
+    """This rank's share of the plan's batches that no earlier attempt scored."""
     done = read_scores(plan.folder, before_attempt=plan.attempt)
-    return [b for b in range(plan.num_batches) if b not in done][rank::world]
+    return [b for b in plan.batch_numbers() if b not in done][rank::world]
+
+
+def plan_chain(plan_path: str | os.PathLike) -> list[ScorePlan]:
+    """The plan and those it names as `next_plan` (the reference model's), in scoring order."""
+    plans = [ScorePlan.load(plan_path)]
+    while plans[-1].next_plan:
+        plans.append(ScorePlan.load(plans[-1].next_plan))
+    return plans
 
 
 def score_share(plan: ScorePlan, rank: int, world: int, device: torch.device | str = "cpu",
@@ -59,12 +73,13 @@ def score_share(plan: ScorePlan, rank: int, world: int, device: torch.device | s
         progress: show a progress bar (rank 0 only).
     """
     spec = BatchSpec.from_dict(plan.spec)
-    corpus = PackedCorpus(plan.data, spec)
-    batches = batch_rows(corpus.num_rows, spec)
+    corpus = PackedCorpus.open_index(plan.index)  # memory-mapped: a rank holds only what it reads
+    batches = corpus.batches()
     if len(batches) != plan.num_batches:
-        raise UserError(f"{plan.data}: now has {len(batches)} batches, the plan {plan.num_batches}; "
+        raise UserError(f"{plan.index}: has {len(batches)} batches, the plan {plan.num_batches}; "
                         f"the data changed while scoring")
     todo = batches_to_score(plan, rank, world)
+    use_matmul_precision(plan.dtype)
     model = load_model(plan.checkpoint, ModelConfig.from_dict(plan.model), plan.dtype, device)
     start = time.perf_counter()
     with RowReader(corpus) as reader, ScoreAppender(plan.folder, plan.attempt, rank) as out:
@@ -81,14 +96,16 @@ def score_share(plan: ScorePlan, rank: int, world: int, device: torch.device | s
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_with_parent()  # a rank outlives neither torchrun nor the launcher
     parser = argparse.ArgumentParser(description="score one rank's share of the batches")
     parser.add_argument("--plan", required=True, help="plan.json in the scores folder")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
     rank, world, local_rank = rank_and_world()
     try:
-        plan = ScorePlan.load(args.plan)
-        score_share(plan, rank, world, scoring_device(local_rank), args.progress)
+        device = scoring_device(local_rank)
+        for plan in plan_chain(args.plan):
+            score_share(plan, rank, world, device, args.progress)
     except UserError as err:
         print(f"[rethinktiny] scoring rank {rank}: error: {err}", file=sys.stderr, flush=True)
         return 2

@@ -45,7 +45,7 @@ def _internevo_train_py(config: Path) -> subprocess.CompletedProcess:
 
 
 def _free_port() -> int:
-    from rethinktiny.launcher import free_port
+    from rethinktiny.launch import free_port
 
     return free_port()
 

@@ -94,7 +94,7 @@ def _train_with_sampler(setup, save, selected, steps, *extra):
         return start_finetune(*sets, config=setup["config"])
     entry = setup["root"] / "rank_entry.py"
     entry.write_text(RANK_ENTRY)
-    from rethinktiny.launcher import free_port
+    from rethinktiny.launch import free_port
 
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(free_port()), str(entry), "--config", str(setup["config"]), *sets]

@@ -11,7 +11,7 @@ from rethinktiny.checkpoint import open_model_checkpoint
 from rethinktiny.data.tokenized import iter_documents
 from rethinktiny.errors import UserError
 from rethinktiny.resample.batches import PackedCorpus, RowReader, batch_rows
-from rethinktiny.resample.launch import LaunchOptions
+from rethinktiny.launch import LaunchOptions
 from rethinktiny.resample.run import make_score_plan, read_training_config, resample_data
 from rethinktiny.resample.scorefiles import prepare_folder, score_files
 from rethinktiny.resample.spec import spec_from_data_config

@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 
 from rethinktiny.errors import UserError
 from rethinktiny.resample.batches import PackedCorpus, RowReader, batch_rows
-from rethinktiny.resample.launch import LaunchOptions
+from rethinktiny.launch import LaunchOptions
 from rethinktiny.resample.run import read_training_config, resample_data
 from rethinktiny.resample.selection import RoundSchedule, SelectedBatches
 from rethinktiny.resample.spec import spec_from_data_config
