@@ -17,6 +17,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab-size", type=int, help="override the preset's vocabulary (e.g. a pruned tokenizer's)")
     p.add_argument("--inherit", help="a `rethinktiny inherit` folder: start from its weights (and take its shape)")
     p.add_argument("--resample", help="a `rethinktiny resample` folder: train on its selected batches")
+    p.add_argument("--distill", metavar="TEACHER", help="distil from this teacher (an `inherit` source): "
+                                                         "writes a distill=dict(...) section")
+    p.add_argument("--token-map", help="with --distill: the student's token_map.json (compact vocabulary)")
     p.add_argument("--dst", help="output .py file (default: print to stdout)")
     defaults = TrainOptions()
     for name in ("seq_len", "micro_num", "micro_bsz", "total_steps", "zero1_size", "checkpoint_every"):
@@ -56,6 +59,10 @@ def _export(args: argparse.Namespace) -> None:
     from rethinktiny.config import get_preset
     from rethinktiny.configfiles.export import export_config, parse_checkpoint, render_config
 
+    if args.token_map and not args.distill:
+        from rethinktiny.errors import UserError
+
+        raise UserError("--token-map goes with --distill TEACHER")
     cfg = read_model_config(args.inherit) if args.inherit else get_preset(args.preset)
     shape = {key: getattr(args, key) for key in ("hidden_size", "num_layers", "num_attention_heads", "num_kv_heads",
                                                  "intermediate_size", "series_terms", "aug_shortcuts",
@@ -77,6 +84,7 @@ def _export(args: argparse.Namespace) -> None:
         checkpoint=parse_checkpoint(args.checkpoint),
         checkpoint_every=args.checkpoint_every, train_folder=args.train_folder, valid_folder=args.valid_folder,
         save_ckpt_folder=args.save_ckpt_folder, inherit=args.inherit, resample=args.resample, cpu_ranks=args.cpu,
+        distill=args.distill, token_map=args.token_map,
         warmup_ratio=args.warmup_ratio, min_lr=args.min_lr, weight_decay=args.weight_decay,
         min_length=args.min_length, extra_comments=comments)
     command = "rethinktiny config export " + " ".join(shlex.quote(a) for a in sys.argv[3:]) if len(sys.argv) > 3 else None

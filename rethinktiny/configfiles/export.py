@@ -39,6 +39,8 @@ class TrainOptions:
     save_ckpt_folder: str = "local:llm_ckpts"
     inherit: str | None = None  # a `rethinktiny inherit` output folder to start from
     resample: str | None = None  # a `rethinktiny resample` output folder to train on
+    distill: str | None = None  # a teacher (any `inherit` source) to distil from (`distill=dict(...)`)
+    token_map: str | None = None  # with distill: the compact vocabulary's token_map.json
     cpu_ranks: int = 0  # > 0: a CPU run with this many ranks (fp32, gloo, no overlap, no loader workers)
     extra_comments: list[str] = field(default_factory=list)
 
@@ -105,6 +107,17 @@ def _runtime_lines(opts: TrainOptions) -> dict[str, str]:
     return dict(launch="", overlap="True", num_worker="", async_upload="True", enable_tb="")
 
 
+def _distill_block(opts: TrainOptions) -> str:
+    if not opts.distill:
+        return ""
+    return ("\n# Distillation (rethinktiny.distill): loss = ce_weight * CE + kd_weight * T^2 * KL(teacher || student)\n"
+            "# at temperature T; Minitron's recipe is T=1 without CE. token_map: the student's compact\n"
+            "# vocabulary (teacher probabilities renormalised on its ids). Offline: distill=dict(cache=FOLDER)\n"
+            "# from `rethinktiny distill cache`.\n"
+            f"distill = dict(teacher={opts.distill!r}, token_map={_literal(opts.token_map)}, kd_weight=1.0, "
+            "ce_weight=0.0, temperature=1.0)\n")
+
+
 def render_config(cfg: ModelConfig, opts: TrainOptions | None = None, command: str | None = None) -> str:
     """The text of a complete InternEvo config file training `cfg` with `opts`."""
     opts = opts or TrainOptions()
@@ -128,7 +141,7 @@ def render_config(cfg: ModelConfig, opts: TrainOptions | None = None, command: s
         sampler=_sampler_lines(opts), lr=opts.lr, weight_decay=opts.weight_decay, warmup_ratio=opts.warmup_ratio,
         min_lr=opts.min_lr, model=_model_block(cfg, opts), dtype=opts.dtype,
         preset=f'    preset="{cfg.name}",  # the shape below starts from this preset\n' if cfg.name in PRESETS else "",
-        zero1_size=opts.zero1_size, checkpoint=opts.checkpoint, **_runtime_lines(opts))
+        zero1_size=opts.zero1_size, checkpoint=opts.checkpoint, **_runtime_lines(opts)) + _distill_block(opts)
 
 
 def export_config(dst: str | Path, preset: str | None = None, cfg: ModelConfig | None = None,

@@ -4,6 +4,7 @@
 - model types `PANGU_PI_PRO` and `PANGU_PI` to InternEvo's model registry;
 - the checkpoint-load type `"inherited"` (strict name/shape check);
 - the multi-round batch sampler (`data.sampler="multi_round"`) in InternEvo's train loader;
+- distillation from a config's `distill=dict(...)` section (`rethinktiny.internevo.distill`);
 - the CPU accelerator and gloo backend when CUDA is not available;
 - the work-arounds in `compat` (IPv4 init method, weights-only resume) and, through `api` (the
   one module that knows how InternEvo versions differ), a non-zero exit status for InternEvo's own
@@ -23,10 +24,11 @@ _state = "idle"  # idle -> running -> done (or back to idle after a failure); "r
 def _register_models() -> None:
     from rethinktiny.internevo import api
     from rethinktiny.internevo.builder import build_pangu_pi, build_pangu_pi_pro
+    from rethinktiny.internevo.distill import with_teacher
 
     registry = api.model_registry()  # raises a one-line error when this InternEvo has none
     for name, builder in ((MODEL_TYPE_PRO, build_pangu_pi_pro), (MODEL_TYPE_PANGU_PI, build_pangu_pi)):
-        api.register_model(registry, name, builder)
+        api.register_model(registry, name, with_teacher(builder))  # with_teacher: the config's `distill`
 
 
 def _register_load_type() -> None:
@@ -55,6 +57,9 @@ def _register_all() -> None:
     from rethinktiny.internevo import sampler
 
     sampler.install()
+    from rethinktiny.internevo import distill
+
+    distill.install()  # Engine.criterion adds the KD term of a `distill` section
     api.propagate_script_errors()
 
 
