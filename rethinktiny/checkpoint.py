@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -44,8 +45,21 @@ ROW_PARALLEL_WEIGHTS = ("attention.wo.weight", "feed_forward.w2.weight")
 MODEL_CONFIG_JSON = "model_config.json"
 
 
+def save_complete(step_folder: Path) -> bool:
+    """Whether InternEvo finished saving this step folder: its checkpoint manager writes
+    `<step>.step` last, after every rank's files and a barrier (`CheckpointManager.save_checkpoint`;
+    its own auto-resume looks for the same file, `query_latest_snapshot_step_local`)."""
+    return (step_folder / f"{step_folder.name}.step").is_file()
+
+
 def find_step_folder(path: str | Path) -> Path:
-    """`path` itself when it holds model shards, else its latest numeric step sub-folder."""
+    """`path` itself when it holds model shards, else its latest complete numeric step sub-folder.
+
+    Given a save folder, a step folder without InternEvo's completion marker (`save_complete`) is
+    a save interrupted midway and is passed over for the newest one that has it. Folders written by
+    tools that put no marker (the seed's, tests') are taken newest first when none of the step
+    folders has one.
+    """
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: checkpoint folder not found")
@@ -55,7 +69,13 @@ def find_step_folder(path: str | Path) -> Path:
              and any(SHARD_RE.match(q.name) for q in p.iterdir())]
     if not steps:
         raise UserError(f"{path}: no model_tp*_pp*.pt files here or in a numeric step sub-folder")
-    return max(steps, key=lambda p: int(p.name))
+    complete = [p for p in steps if save_complete(p)]
+    newest = max(complete or steps, key=lambda p: int(p.name))
+    skipped = sorted((p.name for p in steps if int(p.name) > int(newest.name)), key=int)
+    if skipped:
+        print(f"warning: {path}: step folder(s) {', '.join(skipped)} have no <step>.step marker (a save that "
+              f"did not finish); using step {newest.name}", file=sys.stderr)
+    return newest
 
 
 def _shard_grid(folder: Path) -> dict[tuple[int, int], Path]:

@@ -37,6 +37,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("stats", help="documents and tokens of an InternEvo dataset folder")
     p.add_argument("folder")
+    p.add_argument("--verify", action="store_true",
+                   help="read every .bin in full and check each line against its .meta row (default: sizes and "
+                        "the last document only)")
     p.set_defaults(func=_stats)
 
 
@@ -62,5 +65,5 @@ def _tokenize(args: argparse.Namespace) -> None:
 def _stats(args: argparse.Namespace) -> None:
     from rethinktiny.data.tokenized import count_tokens
 
-    docs, tokens = count_tokens(args.folder)
-    print(f"{args.folder}: {docs} documents, {tokens} tokens")
+    docs, tokens = count_tokens(args.folder, verify=args.verify)
+    print(f"{args.folder}: {docs} documents, {tokens} tokens{' (every line verified)' if args.verify else ''}")

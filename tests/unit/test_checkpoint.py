@@ -43,6 +43,20 @@ def test_latest_step_and_empty_folder(tmp_path):
     assert find_step_folder(tmp_path).name == "40"
 
 
+def test_a_step_folder_without_internevo_s_marker_is_passed_over(tmp_path, capsys):
+    # InternEvo writes <step>.step last, once every rank saved; 40 was interrupted midway.
+    for step in ("5", "20", "40"):
+        (tmp_path / step).mkdir()
+        torch.save({}, tmp_path / step / "model_tp0_pp0.pt")
+    for step in ("5", "20"):
+        torch.save({"step": int(step)}, tmp_path / step / f"{step}.step")
+    assert find_step_folder(tmp_path).name == "20"
+    assert "step folder(s) 40 have no <step>.step marker" in capsys.readouterr().err
+    torch.save({"step": 40}, tmp_path / "40" / "40.step")
+    assert find_step_folder(tmp_path).name == "40"
+    assert find_step_folder(tmp_path / "5").name == "5"  # a step folder given itself is taken as it is
+
+
 IDS = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
 
 
