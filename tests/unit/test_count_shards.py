@@ -148,3 +148,19 @@ def test_bad_shard_argument(corpus, tmp_path, capsys):
     for shard in ("2/2", "1", "a/b", "0/0"):
         assert main(["vocab", "count", "--src", str(corpus), "--dst", str(tmp_path / "x"), "--shard", shard]) == 2
         assert "--shard" in capsys.readouterr().err
+
+
+def test_the_slurm_array_example_counts_and_merges(corpus, tmp_path):
+    """tools/slurm/count.sbatch's two steps as Slurm runs them (array tasks, then the merge), without
+    a cluster: the environment Slurm sets is given by hand."""
+    script = REPO / "tools" / "slurm" / "count.sbatch"
+    args = ["bash", str(script), str(corpus), str(tmp_path / "counts"), str(tmp_path / "total.json")]
+    env = {**os.environ, "SLURM_JOB_ID": "7", "SHARDS": "2", "PYTHON": sys.executable}
+    tasks = [subprocess.Popen(args, cwd=REPO, env={**env, "STEP": "count", "SLURM_ARRAY_TASK_ID": str(i)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for task in tasks:
+        assert task.wait(timeout=120) == 0, task.stderr.read()
+    merged = subprocess.run(args, cwd=REPO, env={**env, "STEP": "merge"}, capture_output=True, text=True)
+    assert merged.returncode == 0, merged.stderr
+    one = merge_counts(_counted(corpus, tmp_path / "one"), tmp_path / "one.json")
+    assert (tmp_path / "one.json").read_bytes() == (tmp_path / "total.json").read_bytes() and one.sum() == 3000
