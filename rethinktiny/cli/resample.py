@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from rethinktiny.cli.train import add_launch_arguments, launch_options
+from rethinktiny.resample.sampling import DEFAULT_FLOOR
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, ratio_required: bool = True) -> None:
@@ -29,7 +30,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="write only the scores and selection (train with data.sampler='multi_round')")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, as start_finetune.py --set (repeatable)")
-    parser.add_argument("--scores-dir", help="where partial scores are kept until done (default: .<dst>.scores)")
+    subset = parser.add_mutually_exclusive_group()
+    subset.add_argument("--max-batches", type=int,
+                        help="score only a seeded random subset of this many batches; the draw is among them")
+    subset.add_argument("--fraction", type=float, help="score only this fraction of the batches (seeded, random)")
+    parser.add_argument("--reference", metavar="MODEL",
+                        help="also score every batch with this checkpoint (same vocabulary) and draw by the excess "
+                             "loss (scored - reference)")
+    parser.add_argument("--floor", type=float, default=DEFAULT_FLOOR,
+                        help=f"with --reference: p = (1 - eps) softmax + eps / N, so no batch's probability "
+                             f"collapses to zero (default {DEFAULT_FLOOR})")
+    parser.add_argument("--scores-dir",
+                        help="where the batch index and partial scores are kept until done (default: .<dst>.scores)")
     parser.add_argument("--force", action="store_true",
                         help="replace an existing --dst; restart scores of a different checkpoint or data")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
@@ -44,8 +56,13 @@ def _resample(args: argparse.Namespace) -> None:
                            num_batches=args.num_batches, seed=args.seed, temperature=args.temperature,
                            batch_ranks=args.batch_ranks, copy_data=not args.selection_only,
                            overrides=args.overrides, scores_dir=args.scores_dir, launch=launch_options(args),
-                           force=args.force, progress=args.progress)
-    print(f"scored {result.num_batches} batches of {result.tokens_per_batch} tokens "
+                           force=args.force, progress=args.progress, max_batches=args.max_batches,
+                           fraction=args.fraction, reference=args.reference, floor=args.floor)
+    if result is None:
+        print(f"this node's ranks scored their share; node 0 gathers, draws and writes {args.dst}")
+        return
+    scored = "" if result.num_scored == result.num_batches else f" ({result.num_scored} of them scored)"
+    print(f"scored {result.num_batches} batches of {result.tokens_per_batch} tokens{scored} "
           f"(mean loss {result.mean_loss_all:.4f}, {result.num_nonfinite} non-finite left out); "
           f"kept {result.num_selected} (mean loss {result.mean_loss_selected:.4f})")
     if result.written:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rethinktiny.data.tokenized import BIN_SUFFIX, read_meta
+from rethinktiny.data.tokenized import BIN_SUFFIX
 from rethinktiny.errors import UserError
 from rethinktiny.resample.spec import BatchSpec
 
@@ -57,7 +57,18 @@ def check_type_folder(folder: Path, path: Path) -> None:
                         f"{folder} (<folder>/<type>/*.bin); matching type names: {matches}")
 
 
-def _min_length_for(path: Path, spec: BatchSpec) -> int:
+def require_meta(path: Path) -> np.ndarray:
+    """The `.bin.meta` index of `path`, memory-mapped (a corpus's indexes may not fit in memory)."""
+    meta_path = Path(f"{path}.meta")
+    if not meta_path.exists():
+        raise UserError(f"{meta_path}: index file missing (InternEvo's loader needs it)")
+    meta = np.load(meta_path, mmap_mode="r")
+    if meta.ndim != 2 or meta.shape[1] != 2:
+        raise UserError(f"{meta_path}: expected an array of shape [lines, 2], got {meta.shape}")
+    return meta
+
+
+def min_length_for(path: Path, spec: BatchSpec) -> int:
     if not spec.min_length_dict:
         return spec.min_length
     hits = [(key, value) for key, value in spec.min_length_dict.items() if key in str(path)]
@@ -66,61 +77,83 @@ def _min_length_for(path: Path, spec: BatchSpec) -> int:
     return hits[0][1] if hits else spec.min_length
 
 
+def pack_order(meta: np.ndarray, min_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ends, offsets) of a file's kept documents in InternEvo's pack order: `ends[p]` is the
+    token count up to and including the p-th packed document, `offsets[p]` its byte offset.
+
+    Args:
+        meta: the `.bin.meta` index ([lines, 2]: byte offset, tokens).
+        min_length: documents shorter than this are dropped.
+    """
+    keep = meta[:, 1] >= min_length if min_length > 0 else slice(None)
+    offsets, lengths = meta[keep, 0], meta[keep, 1]
+    order = np.arange(len(lengths))
+    np.random.RandomState(PACK_SEED).shuffle(order)
+    return np.cumsum(lengths[order], dtype=np.int64), offsets[order].astype(np.int64)
+
+
 class PackedFile:
     """The packed rows of one `.bin` file.
 
+    Documents are numbered by *position*: their place in the pack order. The two arrays are all a
+    reader needs (16 bytes a document); they may be memory-mapped views of the corpus index.
+
     Args:
-        path: the `.bin` file (its `.bin.meta` index must exist).
+        path: the `.bin` file.
         relpath: path relative to the data folder (where a copy is written).
         spec: packing settings.
+        ends, offsets: `pack_order` of the file.
     """
 
-    def __init__(self, path: Path, relpath: str, spec: BatchSpec) -> None:
-        meta = read_meta(path)
-        if meta is None:
-            raise UserError(f"{path}.meta: index file missing (InternEvo's loader needs it)")
+    def __init__(self, path: Path, relpath: str, spec: BatchSpec, ends: np.ndarray, offsets: np.ndarray) -> None:
         self.path, self.relpath, self.spec = path, relpath, spec
-        min_length = _min_length_for(path, spec)
-        keep = meta[:, 1] >= min_length if min_length > 0 else np.ones(len(meta), dtype=bool)
-        self.line_numbers = np.nonzero(keep)[0]  # 0-based line of each kept document
-        self.offsets = meta[keep, 0].astype(np.int64)
-        self.lengths = meta[keep, 1].astype(np.int64)
-        self.order = np.arange(len(self.lengths))
-        np.random.RandomState(PACK_SEED).shuffle(self.order)
-        self.ends = np.cumsum(self.lengths[self.order])
-        self.num_tokens = int(self.ends[-1]) if len(self.ends) else 0
+        self.ends, self.offsets = ends, offsets
+        self.num_tokens = int(ends[-1]) if len(ends) else 0
         self.num_rows = self.num_tokens // spec.packed_length
+
+    @classmethod
+    def scan(cls, path: Path, relpath: str, spec: BatchSpec) -> "PackedFile":
+        """Read the file's `.bin.meta` index and pack it in memory."""
+        return cls(path, relpath, spec, *pack_order(require_meta(path), min_length_for(path, spec)))
 
     @property
     def num_documents(self) -> int:
-        return len(self.lengths)
+        return len(self.ends)
+
+    def _span(self, position: int) -> tuple[int, int]:
+        """(first token, end) of the packed document at `position` in the file's token stream."""
+        return int(self.ends[position - 1]) if position else 0, int(self.ends[position])
 
     def fragments(self, row: int) -> list[tuple[int, int, int]]:
-        """(document, start, stop) pieces of `row`, in order; `document` indexes kept documents."""
+        """(position, start, stop) pieces of `row`, in order."""
         start, stop = row * self.spec.packed_length, (row + 1) * self.spec.packed_length
         first = int(np.searchsorted(self.ends, start, side="right"))
         last = int(np.searchsorted(self.ends, stop, side="left"))
         pieces = []
         for position in range(first, last + 1):
-            doc = int(self.order[position])
-            begin = int(self.ends[position] - self.lengths[doc])
-            a, b = max(start - begin, 0), min(stop - begin, int(self.lengths[doc]))
+            begin, end = self._span(position)
+            a, b = max(start - begin, 0), min(stop - begin, end - begin)
             if b > a:  # InternEvo fails on empty documents; we simply have nothing to add
-                pieces.append((doc, a, b))
+                pieces.append((position, a, b))
         return pieces
 
-    def read_document(self, doc: int, handle) -> list[int]:
-        """Tokens of kept document `doc`, checked against the `.meta` length."""
-        handle.seek(int(self.offsets[doc]))
+    def line_number(self, position: int) -> int:
+        """1-based line of the document at `position` (for error messages: reads the .meta again)."""
+        return int(np.searchsorted(require_meta(self.path)[:, 0], self.offsets[position])) + 1
+
+    def read_document(self, position: int, handle) -> list[int]:
+        """Tokens of the document at `position`, checked against the `.meta` length."""
+        handle.seek(int(self.offsets[position]))
         line = handle.readline()
+        begin, end = self._span(position)
         try:
             tokens = json.loads(line)["tokens"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"{self.path}:{self.line_numbers[doc] + 1}: not a {{\"tokens\": [...]}} line "
+            raise UserError(f"{self.path}:{self.line_number(position)}: not a {{\"tokens\": [...]}} line "
                             f"at the offset the .meta index gives") from None
-        if len(tokens) != self.lengths[doc]:
-            raise UserError(f"{self.path}:{self.line_numbers[doc] + 1}: {len(tokens)} tokens but the .meta "
-                            f"index says {self.lengths[doc]}")
+        if len(tokens) != end - begin:
+            raise UserError(f"{self.path}:{self.line_number(position)}: {len(tokens)} tokens but the .meta "
+                            f"index says {end - begin}")
         return tokens
 
     def build_row(self, row: int, handle) -> PackedRow:

@@ -30,12 +30,15 @@ from rethinktiny.checkpoint import open_model_checkpoint
 from rethinktiny.config import ModelConfig, from_internevo
 from rethinktiny.dtypes import dtype_name
 from rethinktiny.errors import UserError
-from rethinktiny.resample.batches import PackedCorpus, require_batches
-from rethinktiny.launch import WORKER_MODULE, LaunchOptions, rank_command, run_ranks
-from rethinktiny.resample.sampling import Draw, check_temperature, num_to_select, resample, seeded_generator
-from rethinktiny.resample.scorefiles import ScorePlan, collect_losses, plan_identity, prepare_folder
+from rethinktiny.launch import WORKER_MODULE, LaunchOptions, is_writer_node, rank_command, run_ranks
+from rethinktiny.resample.batches import PackedCorpus, count_batches, raise_no_batch, scan_files, write_index
+from rethinktiny.resample.sampling import (DEFAULT_FLOOR, Draw, check_floor, check_temperature, excess_losses,
+                                           num_to_select, resample, scored_subset, seeded_generator)
+from rethinktiny.resample.scorefiles import PLAN_NAME, ScorePlan, collect_losses, plan_identity, prepare_folder
 from rethinktiny.resample.spec import BatchSpec, spec_from_data_config
 from rethinktiny.resample.writer import write_scores_and_selection, write_selected_data
+
+REFERENCE_DIR = "reference"  # the reference model's scores, inside the scores folder
 
 
 @dataclass
@@ -47,6 +50,7 @@ class TrainingConfig:
     data: dict[str, Any]
     dtype: str
     label_smoothing: float
+    nproc_hint: int | None = None  # the config's launch=dict(nproc_per_node=...)
 
 
 def read_training_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> TrainingConfig:
@@ -67,7 +71,10 @@ def read_training_config(path: str | os.PathLike, overrides: Sequence[str] = ())
     # InternEvo's default is fp16
     dtype = dtype_name(config["model"].get("dtype", "torch.float16"), flag=f"{path}: model.dtype", tf32=True)
     loss = config.get("loss") or {}
-    return TrainingConfig(Path(path), model, dict(config["data"]), dtype, float(loss.get("label_smoothing", 0) or 0))
+    hint = config.get("launch") or {}
+    nproc = int(hint["nproc_per_node"]) if isinstance(hint, dict) and "nproc_per_node" in hint else None
+    return TrainingConfig(Path(path), model, dict(config["data"]), dtype, float(loss.get("label_smoothing", 0) or 0),
+                          nproc)
 
 
 @dataclass
@@ -132,21 +139,19 @@ def open_reference(path: str | os.PathLike, cfg: TrainingConfig) -> tuple[Path, 
 
 
 def run_scoring(plan_path: Path, launch: LaunchOptions, progress: bool) -> None:
-    """Score the plan and the plans it chains (`next_plan`) with the launched ranks."""
+    """Score the plan and the plans it chains (`next_plan`) with the launched ranks (resolved
+    `launch`); one rank on one node scores in this process."""
     if launch.in_process:
         from rethinktiny.resample.worker import plan_chain, score_share, scoring_device
 
         for plan in plan_chain(plan_path):
             score_share(plan, 0, 1, scoring_device(0), progress)
         return
-    run_scoring_ranks(plan_path, launch, progress)
-
-
-def is_writer_node(launch: LaunchOptions) -> bool:
-    """Node 0 gathers, draws and writes (under srun: the node with SLURM_NODEID 0)."""
-    if launch.launcher == "slurm":
-        return int(os.environ.get("SLURM_NODEID", 0)) == 0
-    return launch.node_rank == 0
+    command = rank_command(WORKER_MODULE, ["--plan", str(plan_path), *([] if progress else ["--no-progress"])], launch)
+    code = run_ranks(command, "scoring")
+    if code != 0:
+        raise UserError(f"scoring ranks failed (exit {code}); the scores computed so far are kept in "
+                        f"{plan_path.parent}, run the command again to continue")
 
 
 def _draw(losses: np.ndarray, reference: np.ndarray | None, scored: np.ndarray | None, num: int, seed: int,
@@ -220,7 +225,7 @@ def resample_data(config: str | os.PathLike, ckpt: str | os.PathLike, dst: str |
     Returns:
         The result on node 0; None on the other nodes (their ranks scored; node 0 writes).
     """
-    launch = launch or LaunchOptions()
+    launch = launch or LaunchOptions.from_env()
     writer = is_writer_node(launch)
     dst = check_writable(dst, force) if writer else Path(dst)
     check_temperature(temperature)  # bad flags fail before any work
@@ -233,7 +238,7 @@ def resample_data(config: str | os.PathLike, ckpt: str | os.PathLike, dst: str |
     reference_checkpoint = open_reference(reference, cfg) if reference else None
     scores_dir = Path(scores_dir) if scores_dir else dst.with_name(f".{dst.name}.scores")
     if not writer:  # node 0 writes the plan before its ranks join the rendezvous, so ours find it
-        run_scoring(scores_dir / PLAN_NAME, launch.resolve(cfg.path), progress)
+        run_scoring(scores_dir / PLAN_NAME, launch.resolve(cfg.nproc_hint), progress)
         return None
     spec = spec_from_data_config(cfg.data, batch_ranks, source=str(config))
     if not Path(data).is_dir():
@@ -247,7 +252,7 @@ def resample_data(config: str | os.PathLike, ckpt: str | os.PathLike, dst: str |
     num_selected = num_to_select(total if scored is None else len(scored), ratio, num_batches)
     corpus = write_index(data, spec, scores_dir / "index", files)
     plan = _prepare_plans(cfg, corpus, total, checkpoint.folder, reference_checkpoint, scores_dir, scored, force)
-    run_scoring(Path(plan.folder) / PLAN_NAME, launch.resolve(cfg.path), progress)
+    run_scoring(Path(plan.folder) / PLAN_NAME, launch.resolve(cfg.nproc_hint), progress)
     losses = collect_losses(plan)
     reference_losses = collect_losses(ScorePlan.load(plan.next_plan)) if plan.next_plan else None
     try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ class ScorePlan:
 
     folder: str  # the scores folder
     data: str
+    index: str  # the packed corpus (`batches.write_index`), memory-mapped by every rank
     checkpoint: str  # resolved step folder
     model: dict  # ModelConfig.to_dict()
     dtype: str
@@ -42,6 +42,11 @@ class ScorePlan:
     num_batches: int
     identity: str  # digest of the inputs; a resumed run must have the same
     attempt: int = 0
+    scored: list[int] | None = None  # the batches to score (None: all num_batches)
+    next_plan: str | None = None  # a plan the same ranks score afterwards (the reference model's)
+
+    def batch_numbers(self) -> list[int] | range:
+        return range(self.num_batches) if self.scored is None else self.scored
 
     def save(self) -> Path:
         return write_json(Path(self.folder) / PLAN_NAME, asdict(self))
@@ -75,7 +80,8 @@ def prepare_folder(plan: ScorePlan, restart: bool) -> ScorePlan:
             if not restart:
                 raise UserError(f"{folder}: holds scores of a different checkpoint, data or batch setting; "
                                 f"delete it, pass another --scores-dir, or --force to start over")
-            shutil.rmtree(folder)
+            for attempt, rank in score_files(folder):  # sub-folders (index, copy) check their own inputs
+                (folder / score_file_name(attempt, rank)).unlink()
     folder.mkdir(parents=True, exist_ok=True)
     plan.attempt = 1 + max((a for a, _ in score_files(folder)), default=-1)
     plan.save()
@@ -92,13 +98,17 @@ def score_files(folder: Path) -> list[tuple[int, int]]:
     return sorted(found)
 
 
+def score_file_name(attempt: int, rank: int) -> str:
+    return f"scores-a{attempt}-r{rank}.bin"
+
+
 def read_scores(folder: str | Path, before_attempt: int | None = None) -> dict[int, float]:
     """batch -> loss from the score files (of attempts < `before_attempt` when given)."""
     scores: dict[int, float] = {}
     for attempt, rank in score_files(Path(folder)):
         if before_attempt is not None and attempt >= before_attempt:
             continue
-        data = (Path(folder) / f"scores-a{attempt}-r{rank}.bin").read_bytes()
+        data = (Path(folder) / score_file_name(attempt, rank)).read_bytes()
         usable = len(data) - len(data) % RECORD.size  # a torn last record is dropped
         for batch, loss in RECORD.iter_unpack(data[:usable]):
             scores.setdefault(batch, loss)
@@ -109,7 +119,7 @@ class ScoreAppender:
     """Appends (batch, loss) records to one rank's score file, flushing each."""
 
     def __init__(self, folder: str | Path, attempt: int, rank: int) -> None:
-        self.path = Path(folder) / f"scores-a{attempt}-r{rank}.bin"
+        self.path = Path(folder) / score_file_name(attempt, rank)
         self._file = open(self.path, "ab", buffering=0)  # unbuffered: each record reaches the OS at once
 
     def append(self, batch: int, loss: float) -> None:
@@ -125,11 +135,15 @@ class ScoreAppender:
         self.close()
 
 
-def collect_losses(folder: str | Path, num_batches: int) -> np.ndarray:
-    """float64 [num_batches] losses in batch order; every batch must have been scored."""
-    scores = read_scores(folder)
-    missing = [b for b in range(num_batches) if b not in scores]
+def collect_losses(plan: ScorePlan) -> np.ndarray:
+    """float64 [num_batches] losses in batch order, nan for a batch outside `plan.scored`; every
+    batch of the plan must have been scored."""
+    scores = read_scores(plan.folder)
+    wanted = plan.batch_numbers()
+    missing = [b for b in wanted if b not in scores]
     if missing:
-        raise UserError(f"{folder}: {len(missing)} of {num_batches} batches are not scored (first: {missing[0]}); "
+        raise UserError(f"{plan.folder}: {len(missing)} of {len(wanted)} batches are not scored (first: {missing[0]}); "
                         f"run the command again to continue")
-    return np.array([scores[b] for b in range(num_batches)], dtype=np.float64)
+    losses = np.full(plan.num_batches, np.nan)
+    losses[list(wanted)] = [scores[b] for b in wanted]
+    return losses

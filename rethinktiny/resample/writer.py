@@ -11,6 +11,9 @@ InternEvo re-shuffles documents when it packs.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -33,34 +36,74 @@ def rows_by_file(corpus: PackedCorpus, batches: np.ndarray, selected: np.ndarray
 
 
 def write_selected_data(corpus: PackedCorpus, batches: np.ndarray, selected: np.ndarray, dst: Path,
-                        progress: bool = True) -> dict:
+                        parts: Path, progress: bool = True) -> dict:
     """Write the chosen batches' rows under `dst` in InternEvo's format; returns counts.
+
+    Resumable: each data file is written whole into `parts` with a `.done` marker beside it (its
+    counts); a rerun after a crash skips the files already done (for the same selection). The
+    parts are then linked into `dst` (copied across file systems), so they stay until the
+    caller removes `parts`.
 
     Args:
         corpus: the scored data.
-        batches: [num_batches, rows_per_batch] global rows (`batch_rows`).
+        batches: [num_batches, rows_per_batch] global rows (`corpus.batches()`).
         selected: chosen batch numbers.
         dst: output folder (the type sub-folders are created here).
+        parts: where finished files are kept until the output is complete (outside `dst`).
         progress: show a progress bar.
     """
     from tqdm import tqdm
 
+    parts = _parts_folder(parts, selected)
     for packed in corpus.files:  # keep every data type, even one with no chosen row
         (dst / packed.relpath).parent.mkdir(parents=True, exist_ok=True)
     grouped = rows_by_file(corpus, batches, selected)
-    documents = tokens = short = 0
-    min_length = corpus.spec.min_length
+    counts = []
     with RowReader(corpus) as reader, tqdm(total=len(selected) * batches.shape[1], desc="writing rows",
                                            unit="row", disable=not progress) as bar:
         for index in sorted(grouped):
-            with BinWriter(dst / corpus.files[index].relpath) as writer:
-                for row in grouped[index]:
-                    for _, fragment in reader.documents(row):
-                        writer.write(fragment)
-                        short += len(fragment) < min_length
-                    bar.update(1)
-            documents, tokens = documents + writer.num_documents, tokens + writer.num_tokens
-    return {"documents": documents, "tokens": tokens, "fragments_below_min_length": short}
+            relpath = corpus.files[index].relpath
+            done = parts / f"{relpath}.done"
+            if not (done.is_file() and (parts / relpath).is_file()):
+                write_json(done, _write_file(reader, grouped[index], parts / relpath, corpus.spec.min_length, bar))
+            else:
+                bar.update(len(grouped[index]))
+            counts.append(json.loads(done.read_text()))
+    for index in sorted(grouped):
+        _link_part(parts, dst, corpus.files[index].relpath)
+    return {key: sum(c[key] for c in counts) for key in ("documents", "tokens", "fragments_below_min_length")}
+
+
+def _write_file(reader: RowReader, rows: list[int], path: Path, min_length: int, bar) -> dict:
+    short = 0
+    with BinWriter(path) as writer:  # atomic: a crash leaves no half file under this name
+        for row in rows:
+            for _, fragment in reader.documents(row):
+                writer.write(fragment)
+                short += len(fragment) < min_length
+            bar.update(1)
+    return {"documents": writer.num_documents, "tokens": writer.num_tokens, "fragments_below_min_length": short}
+
+
+def _parts_folder(parts: Path, selected: np.ndarray) -> Path:
+    """`parts`, emptied first when it holds parts of another selection."""
+    digest = hashlib.sha256(npy_bytes(np.asarray(selected, dtype=np.int64))).hexdigest()
+    marker = parts / "selection.sha256"
+    if marker.is_file() and marker.read_text() != digest:
+        shutil.rmtree(parts)
+    if not marker.is_file():
+        parts.mkdir(parents=True, exist_ok=True)
+        write_file_atomic(marker, digest)
+    return parts
+
+
+def _link_part(parts: Path, dst: Path, relpath: str) -> None:
+    for suffix in ("", ".meta"):
+        source, target = parts / f"{relpath}{suffix}", dst / f"{relpath}{suffix}"
+        try:
+            os.link(source, target)
+        except OSError:  # another file system
+            shutil.copyfile(source, target)
 
 
 def selection_record(corpus: PackedCorpus, num_batches: int, selected: np.ndarray, selected_bytes: bytes) -> dict:
@@ -85,24 +128,39 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_scores_and_selection(folder: Path, corpus: PackedCorpus, losses: np.ndarray, selected: np.ndarray) -> None:
-    """losses.npy, selected.npy, selection.json and losses.png in `folder`."""
+def write_scores_and_selection(folder: Path, corpus: PackedCorpus, losses: np.ndarray, selected: np.ndarray,
+                               scored: np.ndarray | None = None, reference: np.ndarray | None = None) -> None:
+    """losses.npy, selected.npy, selection.json and losses.png in `folder`; scored.npy when only a
+    subset was scored (`losses` is nan elsewhere); reference_losses.npy with a reference model.
+
+    Args:
+        folder: the output folder.
+        corpus: the scored data.
+        losses: float64 per batch under the frozen model.
+        selected: chosen batch numbers.
+        scored: the batches scored, when not all were.
+        reference: float64 per batch under the reference model.
+    """
     selected_bytes = npy_bytes(selected.astype(np.int64))
     write_file_atomic(folder / "losses.npy", npy_bytes(losses.astype(np.float64)))
+    if reference is not None:
+        write_file_atomic(folder / "reference_losses.npy", npy_bytes(reference.astype(np.float64)))
+    if scored is not None:
+        write_file_atomic(folder / "scored.npy", npy_bytes(scored.astype(np.int64)))
     write_file_atomic(folder / "selected.npy", selected_bytes)
     write_json(folder / "selection.json", selection_record(corpus, len(losses), selected, selected_bytes))
-    plot_losses(losses, selected, folder / "losses.png")
+    plot_losses(losses if scored is None else losses[scored], losses[selected], folder / "losses.png")
 
 
-def plot_losses(losses: np.ndarray, selected: np.ndarray, path: Path) -> None:
-    """Histogram of the finite batch losses: all batches against the chosen ones."""
+def plot_losses(losses: np.ndarray, chosen: np.ndarray, path: Path) -> None:
+    """Histogram of the finite losses of the scored batches against those of the chosen ones."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     finite = np.isfinite(losses)
-    values, chosen = losses[finite], losses[selected]
+    values = losses[finite]
     low, high = float(values.min()), float(values.max())
     bins = np.linspace(low - 0.5, high + 0.5, 41) if low == high else np.linspace(low, high, 41)
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -105,6 +105,6 @@ def test_meta_that_disagrees_with_the_line_names_file_and_line(tmp_path, small_d
     bin_path.write_bytes(short + b"".join(lines[1:]))
     corpus = PackedCorpus(data, SPEC)
     first_doc_row = next(r for r in range(corpus.files[0].num_rows)
-                         if any(doc == 0 for doc, _, _ in corpus.files[0].fragments(r)))
+                         if any(corpus.files[0].offsets[doc] == 0 for doc, _, _ in corpus.files[0].fragments(r)))
     with RowReader(corpus) as reader, pytest.raises(UserError, match=rf"{bin_path.name}:1: .* tokens but the .meta"):
         reader.row(first_doc_row)

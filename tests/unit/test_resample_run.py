@@ -10,7 +10,7 @@ import pytest
 from rethinktiny.checkpoint import open_model_checkpoint
 from rethinktiny.data.tokenized import iter_documents
 from rethinktiny.errors import UserError
-from rethinktiny.resample.batches import PackedCorpus, RowReader, batch_rows
+from rethinktiny.resample.batches import PackedCorpus, RowReader, batch_rows, write_index
 from rethinktiny.launch import LaunchOptions
 from rethinktiny.resample.run import make_score_plan, read_training_config, resample_data
 from rethinktiny.resample.scorefiles import prepare_folder, score_files
@@ -92,10 +92,10 @@ def test_output_is_the_chosen_rows_and_internevo_reads_it(internevo_single_rank,
 def test_interrupted_scoring_continues_where_it_stopped(setup, first_run):
     _, dst_a = first_run
     cfg = read_training_config(setup["config"])
-    corpus = PackedCorpus(setup["data"], spec_from_data_config(cfg.data))
+    scores = setup["root"] / "scores_resume"
+    corpus = write_index(setup["data"], spec_from_data_config(cfg.data), scores / "index")
     num_batches = len(batch_rows(corpus.num_rows, corpus.spec))
     checkpoint, _ = open_model_checkpoint(setup["ckpt"], cfg.model)
-    scores = setup["root"] / "scores_resume"
     # an earlier run scored rank 0's half of 2 ranks, then died mid-record
     plan = prepare_folder(make_score_plan(cfg, corpus, num_batches, checkpoint.folder, scores), restart=False)
     assert score_share(plan, 0, 2, progress=False) == (num_batches + 1) // 2
@@ -116,10 +116,10 @@ def _without_versions(folder):
 
 def test_resumed_attempt_scores_only_the_rest(setup):
     cfg = read_training_config(setup["config"])
-    corpus = PackedCorpus(setup["data"], spec_from_data_config(cfg.data))
+    scores = setup["root"] / "scores_count"
+    corpus = write_index(setup["data"], spec_from_data_config(cfg.data), scores / "index")
     num_batches = len(batch_rows(corpus.num_rows, corpus.spec))
     checkpoint, _ = open_model_checkpoint(setup["ckpt"], cfg.model)
-    scores = setup["root"] / "scores_count"
     plan = prepare_folder(make_score_plan(cfg, corpus, num_batches, checkpoint.folder, scores), restart=False)
     score_share(plan, 1, 2, progress=False)
     plan = prepare_folder(make_score_plan(cfg, corpus, num_batches, checkpoint.folder, scores), restart=False)
@@ -131,7 +131,7 @@ def test_scores_of_another_checkpoint_are_never_mixed(setup):
     scores = setup["root"] / "scores_other"
     _run(setup, setup["root"] / "out_d", scores_dir=scores)  # finished: folder removed
     cfg = read_training_config(setup["config"])
-    corpus = PackedCorpus(setup["data"], spec_from_data_config(cfg.data))
+    corpus = write_index(setup["data"], spec_from_data_config(cfg.data), scores / "index")
     checkpoint, _ = open_model_checkpoint(setup["ckpt"], cfg.model)
     prepare_folder(make_score_plan(cfg, corpus, 3, checkpoint.folder, scores), restart=False)  # a stale plan
     other = write_checkpoint(setup["root"] / "ckpt_other", model_config(), seed=2)
