@@ -8,6 +8,7 @@ produces arbitrary widths. This module does not import torch.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,10 @@ class ModelConfig:
         series_terms: PanGu-π series-informed activation, number of terms n (0 = plain SiLU).
         aug_shortcuts: PanGu-π augmented shortcuts per attention block (0 = off).
         aug_shortcut_dim: bottleneck width of each augmented shortcut.
+        checkpoint: activation checkpointing, InternEvo's `model.checkpoint`: the share of decoder
+            layers (True = 1, False = 0) whose activations are recomputed in backward; see
+            `checkpoint_layers`. A memory setting, not part of the model: equality and `to_dict`
+            ignore it, so a checkpoint saved under one share resumes under another.
         name: a label (preset name) carried into reports.
     """
 
@@ -63,9 +68,11 @@ class ModelConfig:
     series_terms: int = 0
     aug_shortcuts: int = 0
     aug_shortcut_dim: int = 0
+    checkpoint: float = field(default=0.0, compare=False)
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
+        self.checkpoint = checkpoint_share(self.checkpoint)
         for key in ("hidden_size", "num_layers", "num_attention_heads", "num_kv_heads",
                     "intermediate_size", "vocab_size"):
             value = getattr(self, key)
@@ -116,6 +123,13 @@ class ModelConfig:
     def model_type(self) -> str:
         return MODEL_TYPE_PRO if self.is_pro else MODEL_TYPE_PANGU_PI
 
+    @property
+    def checkpoint_layers(self) -> int:
+        """How many decoder layers are checkpointed: the first ones, layer i when i < num_layers *
+        checkpoint, as the installed InternEvo 0.4.9 LLAMA2 reads it (its newest tree truncates
+        instead, `int(num_layers * checkpoint)`: the two differ only when that product is not whole)."""
+        return min(self.num_layers, math.ceil(self.num_layers * self.checkpoint))
+
     # ---- parameter counts ------------------------------------------------------------------
     def layer_params(self) -> int:
         h, kv, ffn = self.hidden_size, self.kv_dim, self.intermediate_size
@@ -144,7 +158,10 @@ class ModelConfig:
 
     # ---- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The model's description (saved with checkpoints and manifests), without `checkpoint`."""
+        data = dataclasses.asdict(self)
+        del data["checkpoint"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "ModelConfig":
@@ -159,6 +176,15 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+
+def checkpoint_share(value: Any, where: str = "model config: checkpoint") -> float:
+    """InternEvo's `model.checkpoint` (True, False or a share of layers in [0, 1]) as a float."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)) and 0 <= value <= 1:
+        return float(value)
+    raise UserError(f"{where} must be True, False or a share of layers in [0, 1], got {value!r}")
 
 
 def _pro(name: str, hidden: int, layers: int, heads: int, vocab: int, kv_heads: int | None = None,
@@ -233,6 +259,7 @@ def from_internevo(model: dict[str, Any], source: str = "model") -> ModelConfig:
             series_terms=int(model.get("series_terms", 0)),
             aug_shortcuts=int(model.get("aug_shortcuts", 0)),
             aug_shortcut_dim=int(model.get("aug_shortcut_dim", 0)),
+            checkpoint=checkpoint_share(model.get("checkpoint", False), f"{source}: checkpoint"),
             name=str(model.get("preset", "custom")),
         )
     except KeyError as err:
@@ -262,6 +289,8 @@ def to_internevo(cfg: ModelConfig, mlp_ratio: float | None = None) -> dict[str, 
     ratio = mlp_ratio if mlp_ratio is not None else cfg.intermediate_size / cfg.hidden_size
     if cfg.qkv_bias:  # written only when on, so configs of models without it stay as they were
         entry["qkv_bias"] = True
+    if cfg.checkpoint:  # likewise; InternEvo reads a share in [0, 1] as this does
+        entry["checkpoint"] = cfg.checkpoint
     if internevo_ffn_width(cfg.hidden_size, ratio) == cfg.intermediate_size:
         entry["mlp_ratio"] = ratio
     if not cfg.is_pro:

@@ -10,10 +10,20 @@ q.k is unchanged by applying the same permutation to q and k, so the attention o
 
 Two input forms:
 - unpacked `input_ids [B, S]`: causal attention per row;
-- InternEvo packed `input_ids [1, T]` with `cu_seqlens` (document boundaries) and `indexes`
-  (position of each token inside its document): attention never crosses a boundary. Uses
-  flash-attn's varlen kernel when installed and on CUDA, else torch SDPA with a block-diagonal
-  causal mask, so packed data also trains on CPU.
+- InternEvo packed `input_ids [1, T]` with `cu_seqlens` (document boundaries), `indexes`
+  (position of each token inside its document) and optionally `max_seqlen`: attention never
+  crosses a boundary. Uses flash-attn's varlen kernel when installed and on CUDA in bf16/fp16, else
+  causal torch SDPA per document, so no T x T mask is ever built (`attention_path` names the one
+  that runs). FlexAttention with a document mask would be the other mask-free path; torch 2.13 has
+  no FlexAttention backward on CPU, so SDPA per document is the one path on every device.
+
+Memory (what autograd keeps for backward, measured with saved_tensors_hooks in
+tests/unit/test_model_memory.py): RMSNorm is a small autograd function that keeps its input in
+the model's dtype and one fp32 1/rms per token, not the fp32 copies plain autograd would (8 bytes
+per element in bf16 against 2); RoPE keeps only the cos/sin tables, shared by all layers;
+`cfg.checkpoint` recomputes the first `cfg.checkpoint_layers` blocks in backward (their input
+alone is kept); `chunked_cross_entropy` never holds fp32 logits for more than `LOSS_CHUNK_TOKENS`
+tokens at once.
 
 PanGu-π block options (off in "Pro"): the series-informed activation
 `act(z) = sum_i a_i * silu(z + b_i)` in the FFN, and augmented shortcuts added to the attention
@@ -24,11 +34,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from rethinktiny.config import ModelConfig
 
@@ -38,6 +50,30 @@ except ImportError:
     flash_attn_varlen_func = None
 
 
+class RMSNormFunction(torch.autograd.Function):
+    """`x / rms(x) * weight` computed in fp32 (for bf16/fp16 stability, as InternEvo does) and
+    returned in x's dtype. Keeps x as it came and 1/rms (fp32, one per row) for backward, which
+    recomputes the fp32 normalised rows; plain autograd would keep the fp32 copy of x and of the
+    normalised rows (8 bytes per element in bf16 instead of 2)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        x32 = x.float()
+        rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return (x32 * rstd * weight.float()).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        normed, grad32 = x.float() * rstd, grad.float()
+        grad_normed = grad32 * weight.float()
+        # d(x * rstd)/dx: rstd * (g - normed * mean(g * normed)) along the normalised dimension
+        grad_x = rstd * (grad_normed - normed * (grad_normed * normed).mean(-1, keepdim=True))
+        grad_weight = (grad32 * normed).reshape(-1, normed.shape[-1]).sum(0).to(weight.dtype)
+        return grad_x.to(x.dtype), grad_weight, None
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -45,10 +81,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 for bf16/fp16 stability, as InternEvo does.
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * self.weight.float()).to(x.dtype)
+        return RMSNormFunction.apply(x, self.weight, self.eps)
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,6 +95,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """x: [..., S, H, D] with D laid out as interleaved pairs; cos/sin: [..., S, D/2].
 
     Returns the rotated pairs de-interleaved ([even half | odd half]); see module docstring.
+    Rotates in fp32; autograd keeps only cos and sin (the tables need no gradient, so the products
+    keep them and not the fp32 halves of x).
     """
     even, odd = x[..., 0::2].float(), x[..., 1::2].float()
     cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
@@ -71,14 +106,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 @dataclass
 class PackedInfo:
-    """Document boundaries of a packed row: cu_seqlens [n+1] (int32) and max document length."""
+    """Document boundaries of a packed row: cu_seqlens [n+1] (int32, on the model's device), the
+    longest document, and the same boundaries on the host when they are already there."""
 
     cu_seqlens: torch.Tensor
     max_seqlen: int
+    host_cu_seqlens: torch.Tensor | None = None
 
-    @property
+    @cached_property
     def bounds(self) -> list[tuple[int, int]]:
-        edges = self.cu_seqlens.tolist()
+        """(start, end) of each non-empty document; read once per forward, by the first layer that
+        needs them (SDPA per document), never by flash-attn's path."""
+        edges = (self.host_cu_seqlens if self.host_cu_seqlens is not None else self.cu_seqlens).tolist()
         return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
     def document_ids(self, total: int) -> torch.Tensor:
@@ -107,6 +146,20 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor 
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=causal)
     return out.transpose(1, 2)
+
+
+FLASH_VARLEN = "flash-attn varlen"
+SDPA_PER_DOCUMENT = "SDPA per document"
+
+
+def attention_path(device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> str:
+    """The packed-attention path `PanGuPi` runs on `device` for activations of `dtype`: flash-attn's
+    varlen kernel when it is installed and the device is CUDA in bf16/fp16, else causal SDPA per
+    document (every device; the document boundaries are read to the host once per forward)."""
+    on_cuda = torch.device(device).type == "cuda"
+    if flash_attn_varlen_func is not None and on_cuda and dtype in (torch.float16, torch.bfloat16):
+        return FLASH_VARLEN
+    return SDPA_PER_DOCUMENT
 
 
 class Attention(nn.Module):
@@ -142,21 +195,17 @@ class Attention(nn.Module):
         return out
 
     def _packed_attention(self, q, k, v, packed: PackedInfo, groups: int) -> torch.Tensor:
-        if flash_attn_varlen_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        if attention_path(q.device, q.dtype) == FLASH_VARLEN:
             cu = packed.cu_seqlens.to(torch.int32)
             out = flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, packed.max_seqlen, packed.max_seqlen,
                                          causal=True)
             return out.unsqueeze(0)
+        # Causal SDPA per document: no T x T mask (30,720^2 at the 1B config's micro-batch), and the
+        # fused kernel skips the cross-document blocks a mask would still compute (on CPU 2-6x
+        # faster than the masked call, measured).
         k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
-        if not q.is_cuda:
-            # CPU: causal attention per document uses the fused kernel and skips the cross-document
-            # blocks a mask would still compute (2-6x faster than the masked call, measured).
-            return torch.cat([_sdpa(q[:, a:b], k[:, a:b], v[:, a:b], None, causal=True) for a, b in packed.bounds],
-                             dim=1)
-        total = q.shape[1]
-        doc = packed.document_ids(total)
-        causal = torch.ones(total, total, dtype=torch.bool, device=q.device).tril()
-        return _sdpa(q, k, v, causal & (doc[:, None] == doc[None, :]), causal=False)
+        return torch.cat([_sdpa(q[:, a:b], k[:, a:b], v[:, a:b], None, causal=True) for a, b in packed.bounds],
+                         dim=1)
 
     def _cached_attention(self, q, k, v, cache: KVCache, groups: int) -> torch.Tensor:
         start, seqlen = cache.length, q.shape[1]
@@ -262,20 +311,16 @@ class PanGuPi(nn.Module):
             else:
                 param.normal_(0.0, std)
 
-    def forward(self, input_ids: torch.Tensor, cu_seqlens=None, indexes=None,
+    def forward(self, input_ids: torch.Tensor, cu_seqlens=None, indexes=None, max_seqlen=None,
                 cache: KVCache | None = None, **_unused) -> torch.Tensor:
-        # **_unused: InternEvo's schedulers may pass extra batch keys (e.g. max_seqlen).
+        # **_unused: InternEvo's schedulers may pass extra batch keys.
         hidden = self.tok_embeddings(input_ids)
-        packed, positions = None, None
+        packed = None
         if cu_seqlens is not None:
-            cu = _as_1d(cu_seqlens, "cu_seqlens").to(input_ids.device)
-            if input_ids.shape[0] != 1:
-                raise ValueError(f"packed input must be [1, T], got {tuple(input_ids.shape)}")
-            if int(cu[0]) != 0 or int(cu[-1]) != input_ids.shape[1]:
-                raise ValueError(f"cu_seqlens must run from 0 to {input_ids.shape[1]}, got {cu.tolist()}")
-            packed = PackedInfo(cu, int((cu[1:] - cu[:-1]).max().item()))
+            packed = _packed_info(input_ids, cu_seqlens, max_seqlen)
             if indexes is None:
-                positions = torch.arange(input_ids.shape[1], device=input_ids.device) - cu[packed.document_ids(input_ids.shape[1])]
+                positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+                positions = positions - packed.cu_seqlens[packed.document_ids(input_ids.shape[1])]
             else:
                 positions = _as_1d(indexes, "indexes").to(input_ids.device)
             positions = positions.unsqueeze(0)
@@ -283,11 +328,32 @@ class PanGuPi(nn.Module):
             start = cache.length if cache is not None else 0
             positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device).unsqueeze(0)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
-        for layer in self.layers:
-            hidden = layer(hidden, cos, sin, packed, cache)
+        recompute = self.training and cache is None and torch.is_grad_enabled()
+        for i, layer in enumerate(self.layers):
+            if recompute and i < self.cfg.checkpoint_layers:
+                # Activation checkpointing (InternEvo's `model.checkpoint`): autograd keeps this
+                # block's input only and runs the block again in backward.
+                hidden = checkpoint(layer, hidden, cos, sin, packed, use_reentrant=False)
+            else:
+                hidden = layer(hidden, cos, sin, packed, cache)
         if cache is not None:
             cache.length += input_ids.shape[1]
         return self.output(self.norm(hidden))
+
+
+def _packed_info(input_ids: torch.Tensor, cu_seqlens, max_seqlen) -> PackedInfo:
+    """The document boundaries of a packed [1, T] row, without reading anything back from the
+    device when InternEvo passes `max_seqlen` (its newest tree does; 0.4.9 does not, which costs one
+    read-back of the longest document per forward). Checked against T when they are on the host."""
+    if input_ids.shape[0] != 1:
+        raise ValueError(f"packed input must be [1, T], got {tuple(input_ids.shape)}")
+    cu = _as_1d(cu_seqlens, "cu_seqlens")
+    host = cu if cu.device.type == "cpu" else None
+    if host is not None and (int(host[0]) != 0 or int(host[-1]) != input_ids.shape[1]):
+        raise ValueError(f"cu_seqlens must run from 0 to {input_ids.shape[1]}, got {host.tolist()}")
+    if max_seqlen is None:
+        max_seqlen = (cu[1:] - cu[:-1]).max()
+    return PackedInfo(cu.to(input_ids.device), int(max_seqlen), host)
 
 
 def parameter_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -298,6 +364,70 @@ def parameter_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         model = PanGuPi(cfg)
     return {name: tuple(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
+
+
+LOSS_CHUNK_TOKENS = 4096  # fp32 rows the loss holds at once: 4096 x 48,000 x 4 bytes = 786 MB
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """Mean token cross entropy of `logits [N, V]` (any float dtype) against `labels [N]`, with
+    torch's label smoothing and `ignore_index`, computed `chunk` rows at a time in fp32.
+
+    Keeps the logits as they came and one fp32 log-sum-exp per row; backward writes the gradient in
+    the logits' dtype chunk by chunk. torch's cross entropy on bf16 logits under autocast (as
+    InternEvo's newest loss runs it) holds an fp32 copy of all logits, their log-softmax and its
+    gradient at once: 3 x 5.9 GB at 30,720 tokens x 48,000.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, labels, label_smoothing: float, ignore_index: int, chunk: int):
+        valid = labels != ignore_index
+        targets = torch.where(valid, labels, 0)
+        lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        losses = torch.empty_like(lse)
+        for start in range(0, logits.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            x = logits[rows].float()
+            lse[rows] = torch.logsumexp(x, dim=-1)
+            loss = lse[rows] - x.gather(1, targets[rows, None])[:, 0]
+            if label_smoothing:
+                loss = (1 - label_smoothing) * loss + label_smoothing * (lse[rows] - x.mean(dim=-1))
+            losses[rows] = loss
+        count = valid.sum()  # stays on the device: no read-back
+        ctx.save_for_backward(logits, targets, valid, lse, count)
+        ctx.label_smoothing, ctx.chunk = label_smoothing, chunk
+        return torch.where(valid, losses, 0).sum() / count
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, targets, valid, lse, count = ctx.saved_tensors
+        smoothing, vocab = ctx.label_smoothing, logits.shape[-1]
+        scale = torch.where(valid, grad / count, 0)
+        grad_logits = torch.empty_like(logits)
+        for start in range(0, logits.shape[0], ctx.chunk):
+            rows = slice(start, start + ctx.chunk)
+            probs = (logits[rows].float() - lse[rows, None]).exp_()
+            if smoothing:
+                probs.sub_(smoothing / vocab)
+            probs.scatter_add_(1, targets[rows, None], torch.full_like(probs[:, :1], -(1 - smoothing)))
+            grad_logits[rows] = probs.mul_(scale[rows, None])
+        return grad_logits, None, None, None, None
+
+
+def chunked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0,
+                          ignore_index: int = -100, chunk: int = LOSS_CHUNK_TOKENS) -> torch.Tensor:
+    """`F.cross_entropy(logits.view(-1, V).float(), labels.view(-1), ...)` (mean over the tokens
+    whose label is not `ignore_index`) in fp32 and in the same value and gradient, without holding
+    fp32 logits for more than `chunk` tokens at once (see ChunkedCrossEntropy).
+
+    Args:
+        logits: [..., V] in any float dtype; the gradient comes back in that dtype.
+        labels: the matching [...] token ids.
+        label_smoothing: torch's: (1 - s) * NLL + s * mean over the vocabulary of -log p.
+    """
+    flat = logits.reshape(-1, logits.shape[-1])
+    return ChunkedCrossEntropy.apply(flat, labels.reshape(-1).to(flat.device), float(label_smoothing),
+                                     ignore_index, chunk)
 
 
 @torch.no_grad()

@@ -29,6 +29,7 @@ import sys
 from typing import Any, Callable
 
 
+from rethinktiny.config import MODEL_TYPE_PANGU_PI, MODEL_TYPE_PRO
 from rethinktiny.errors import UserError
 
 
@@ -112,10 +113,32 @@ def build_bare_model() -> Any:
     return model_registry().get_module(gpc.config.model_type)(**gpc.config.model)
 
 
+class ChunkedLMLoss:
+    """The training criterion of our model types: InternEvo's loss call (`(logits, labels)` or
+    `(logits, residual, labels)`, mean over the tokens not labelled -100, torch's label smoothing as
+    0.4.9's FlashGPTLMLoss computes it) through `rethinktiny.model.chunked_cross_entropy`, so the
+    fp32 log-probabilities of a 48k vocabulary never exist for the whole micro-batch at once. The
+    logits stay the model's output, so InternEvo's metrics (AccPerplex) read them as before."""
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        self.label_smoothing = float(label_smoothing or 0)
+
+    def __call__(self, *args):
+        if len(args) not in (2, 3):
+            raise RuntimeError(f"The number of criterion inputs are:{len(args)}")
+        from rethinktiny.model import chunked_cross_entropy
+
+        return chunked_cross_entropy(args[0], args[-1], self.label_smoothing)
+
+
 def make_loss(cfg) -> Any:
-    """InternEvo's packed-sequence cross entropy for `gpc.config`."""
+    """The training loss for `gpc.config`: ours for our model types, else InternEvo's packed-sequence
+    cross entropy. (The newest tree's InternLoss smooths labels as Megatron does, with
+    s * V / (V - 1) for s: at V = 48,000 a 2e-5 relative difference in the smoothing weight.)"""
     parallel_output = cfg.model.get("parallel_output", False)
     label_smoothing = cfg.loss.get("label_smoothing", 0)
+    if cfg.model_type in (MODEL_TYPE_PRO, MODEL_TYPE_PANGU_PI):
+        return ChunkedLMLoss(label_smoothing)
     legacy = _optional("internlm.model.losses", "FlashGPTLMLoss")
     if legacy is not None:
         return legacy(parallel_output=parallel_output, label_smoothing=label_smoothing)

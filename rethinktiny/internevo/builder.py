@@ -1,8 +1,8 @@
 """Model builders InternEvo calls through its registry for `model_type="PANGU_PI_PRO"` / `"PANGU_PI"`.
 
 InternEvo calls the builder with the `model=dict(...)` entries of the config (plus any key of
-ours); the newest tree also passes `first`, `last`, `start_layer_idx` and `device` (its pipeline
-stage) and drops `use_flash_attn`, `apply_post_layer_norm`, `embed_split_hidden`. The builder returns the
+ours; `checkpoint`, the share of layers recomputed in backward, becomes `ModelConfig.checkpoint`);
+the newest tree also passes `first`, `last`, `start_layer_idx` and `device` (its pipeline stage) and drops `use_flash_attn`, `apply_post_layer_norm`, `embed_split_hidden`. The builder returns the
 whole model on the current device with InternEvo's parallel attribute on every parameter (its
 ZeRO optimizer asserts one is set).
 """
@@ -58,7 +58,8 @@ def build_model(model_type: str, **entry: Any) -> torch.nn.Module:
         raise UserError(f"{model_type} builds the whole model; a pipeline stage was asked for")
     cfg = config_from_entry({k: v for k, v in entry.items() if k not in _STAGE_KEYS}, model_type)
     if gpc.is_rank_for_log():
-        print(f"[rethinktiny] building {model_type} {describe(cfg)}", flush=True)
+        print(f"[rethinktiny] building {model_type} {describe(cfg)}, activation checkpointing "
+              f"{cfg.checkpoint_layers}/{cfg.num_layers} layers", flush=True)
     model = PanGuPi(cfg).to(get_current_device())
     for param in model.parameters():
         setattr(param, IS_REPLICA_ZERO_PARALLEL, True)
