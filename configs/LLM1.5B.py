@@ -1,12 +1,13 @@
 # InternEvo config for pangu_pi_1.5b_pro: 22 layers x 2048, 16 heads (16 kv), FFN 5632, vocabulary 48000, 1.327B parameters (14.8% embedding + head).
 #   python start_finetune.py --config THIS_FILE            (torchrun on this node)
 #   python start_finetune.py --config THIS_FILE --launcher slurm   (inside an sbatch job)
-# Written by: rethinktiny config export --preset pangu_pi_1.5b_pro --job-name 1.5b_train --micro-bsz 10 --micro-num 3 --dst configs/LLM1.5B.py --comment 'Width 2048, depth 22 and vocabulary 48,000 are from the model table of Tang et al. (fig/configure.png); its FFN' --comment 'width is not published: 5632 (mlp_ratio 8/3 as InternEvo rounds it) and 16 heads of 128 are assumptions.' --comment 'Memory (`rethinktiny arch memory --config configs/LLM1.5B.py --nproc 8`): 49.9 GB per GPU on 8 ranks (activations 37.1, logits 5.5), 63.9 GB on one;' --comment 'micro_bsz 10 x micro_num 3 keeps the seed'"'"'s 30 sequences per rank and step (15 x 2 plans 70 GB on 8 ranks,' --comment '82 GB on one: too close to 80 GB); fewer tokens a micro-batch cost no recompute, unlike model.checkpoint.' --force
+# Written by: rethinktiny config export --preset pangu_pi_1.5b_pro --job-name 1.5b_train --micro-bsz 10 --micro-num 3 --dst configs/LLM1.5B.py --comment 'Width 2048, depth 22 and vocabulary 48,000 are from the model table of Tang et al. (fig/configure.png); its FFN' --comment 'width is not published: 5632 (mlp_ratio 8/3 as InternEvo rounds it) and 16 heads of 128 are assumptions.' --comment 'Memory (`rethinktiny arch memory --config configs/LLM1.5B.py --nproc 8`): 53.1 GB per GPU on 8 ranks (activations 37.1, logits 8.7), 67.0 GB on one;' --comment 'micro_bsz 10 x micro_num 3 keeps the seed'"'"'s 30 sequences of 2048 tokens per rank and step; the seed'"'"'s' --comment '15 x 2 plans 75 GB on 8 ranks, over the 90% of 80 GB the launcher allows. Fewer tokens a micro-batch' --comment 'cost no recompute (model.checkpoint=True would: one more forward of every layer).' --force
 # Width 2048, depth 22 and vocabulary 48,000 are from the model table of Tang et al. (fig/configure.png); its FFN
 # width is not published: 5632 (mlp_ratio 8/3 as InternEvo rounds it) and 16 heads of 128 are assumptions.
-# Memory (`rethinktiny arch memory --config configs/LLM1.5B.py --nproc 8`): 49.9 GB per GPU on 8 ranks (activations 37.1, logits 5.5), 63.9 GB on one;
-# micro_bsz 10 x micro_num 3 keeps the seed's 30 sequences per rank and step (15 x 2 plans 70 GB on 8 ranks,
-# 82 GB on one: too close to 80 GB); fewer tokens a micro-batch cost no recompute, unlike model.checkpoint.
+# Memory (`rethinktiny arch memory --config configs/LLM1.5B.py --nproc 8`): 53.1 GB per GPU on 8 ranks (activations 37.1, logits 8.7), 67.0 GB on one;
+# micro_bsz 10 x micro_num 3 keeps the seed's 30 sequences of 2048 tokens per rank and step; the seed's
+# 15 x 2 plans 75 GB on 8 ranks, over the 90% of 80 GB the launcher allows. Fewer tokens a micro-batch
+# cost no recompute (model.checkpoint=True would: one more forward of every layer).
 import rethinktiny  # noqa: F401  registers PANGU_PI_PRO/PANGU_PI, the "inherited" load type, the multi-round sampler
 
 JOB_NAME = "1.5b_train"

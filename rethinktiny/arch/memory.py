@@ -14,10 +14,10 @@ micro-batches are already accumulated):
   per decoder block, or only the block input for a checkpointed block plus one block recomputed at
   a time in backward (`model.checkpoint` read as InternEvo reads it: layer i is checkpointed when
   i < num_layers * share);
-- logits and loss: the logits in the training dtype are kept for the loss backward and their
-  gradient of the same size appears during it; the chunked loss works on `LOSS_CHUNK_TOKENS`
-  tokens of fp32 log-probabilities at a time;
-- a distillation teacher's frozen weights in the training dtype (`distill=dict(...)`).
+- logits and loss: InternEvo hands the loss fp32 logits, which the chunked loss keeps for backward
+  and whose fp32 gradient appears next to them in it, plus `LOSS_CHUNK_TOKENS` tokens of fp32
+  probabilities at a time;
+- an online distillation teacher's frozen weights and logits in the training dtype (`distill=dict(teacher=...)`).
 
 The activation figures are the saved-tensor table of `rethinktiny.model` (per block: norm inputs,
 projections' inputs, rotated q/k, v, attention output and log-sum-exp, the SwiGLU
@@ -28,6 +28,7 @@ tests/unit/test_arch_memory.py holds the two within 20%.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from rethinktiny.errors import UserError
 
 GB = 10**9
 
-# fp32 tokens of the chunked cross entropy at a time (log-probabilities and their gradient).
+# tokens of fp32 probabilities the chunked cross entropy holds at once (rethinktiny.model's)
 LOSS_CHUNK_TOKENS = 4096
 # Kept free of the plan on the device: CUDA context, NCCL buffers, allocator fragmentation.
 DEVICE_HEADROOM = 0.10
@@ -153,43 +154,43 @@ def block_saved_bytes(cfg: ModelConfig, tokens: int, elem: int) -> int:
 
 
 def activation_bytes(cfg: ModelConfig, tokens: int, elem: int, checkpointed: int) -> int:
-    """Saved activations of one micro-batch: full blocks, checkpointed blocks' inputs, one block
-    recomputed in backward when any is checkpointed, and the head's inputs (final norm and output
-    projection, and their 1/rms); embedding ids and RoPE tables (fp32, shared by the blocks)."""
+    """Peak saved activations of one micro-batch.
+
+    Checkpointed blocks are the first ones, so backward reaches them after every full block has
+    freed its tensors: the peak is the larger of the end of forward (full blocks, checkpointed
+    blocks' inputs, the head's inputs: final norm and output projection) and one checkpointed
+    block recomputed on top of the kept inputs. Embedding ids and the RoPE tables (fp32, shared by
+    all blocks) are alive throughout.
+    """
     block = block_saved_bytes(cfg, tokens, elem)
-    full = cfg.num_layers - checkpointed
-    layers = full * block + checkpointed * tokens * cfg.hidden_size * elem + (block if checkpointed else 0)
+    block_input = tokens * cfg.hidden_size * elem
     head = tokens * (2 * cfg.hidden_size * elem + 4)
+    kept_inputs = checkpointed * block_input
+    end_of_forward = (cfg.num_layers - checkpointed) * block + kept_inputs + head
+    recompute = kept_inputs + block - block_input if checkpointed else 0  # its input is one of the kept
     small = tokens * 8 + 2 * tokens * (cfg.head_dim // 2) * 4
-    return layers + head + small
+    return max(end_of_forward, recompute) + small
 
 
-def logits_bytes(cfg: ModelConfig, tokens: int, elem: int) -> int:
-    """Logits kept for the loss and their gradient (training dtype), plus one fp32 loss chunk's
-    log-probabilities and gradient."""
+def logits_bytes(cfg: ModelConfig, tokens: int) -> int:
+    """The loss's peak: InternEvo's NaiveAMPModel hands the loss fp32 logits (it casts the last
+    stage's output, in any training dtype), `rethinktiny.model.chunked_cross_entropy` keeps them and
+    writes their fp32 gradient next to them, one fp32 chunk of probabilities at a time."""
     chunk = min(tokens, LOSS_CHUNK_TOKENS)
-    return 2 * tokens * cfg.vocab_size * elem + 2 * chunk * cfg.vocab_size * 4
+    return 2 * tokens * cfg.vocab_size * 4 + chunk * cfg.vocab_size * 4
 
 
-def teacher_bytes(raw: dict, elem: int) -> int:
-    """A `distill=dict(...)` teacher's frozen weights in the training dtype (0 without one).
-
-    The teacher's shape comes from `distill.teacher_model` (an InternEvo model dict) or the
-    `model_config` of `distill.teacher` (a checkpoint folder); a teacher we cannot size is an error,
-    since the plan would silently leave it out."""
-    distill = raw.get("distill")
-    if not distill:
+def teacher_bytes(raw: dict, elem: int, tokens: int) -> int:
+    """An online distillation teacher (`distill=dict(teacher=PATH)`): its frozen weights and one
+    micro-batch of its logits in the training dtype (its forward runs under no_grad, so its other
+    activations are freed block by block). Offline distillation (`distill.cache`) keeps no teacher."""
+    teacher = (raw.get("distill") or {}).get("teacher")
+    if not teacher:
         return 0
-    if isinstance(distill.get("teacher_model"), dict):
-        return from_internevo(distill["teacher_model"], source="distill.teacher_model").num_params() * elem
-    if distill.get("teacher_params"):
-        return int(distill["teacher_params"]) * elem
-    teacher = distill.get("teacher") or distill.get("teacher_path")
-    if teacher:
-        from rethinktiny.checkpoint import read_model_config
+    from rethinktiny.distill.teacher import teacher_config
 
-        return read_model_config(str(teacher).removeprefix("local:")).num_params() * elem
-    raise UserError("distill: the memory plan needs the teacher's size (distill.teacher, a checkpoint folder)")
+    cfg = teacher_config(teacher)
+    return cfg.num_params() * elem + tokens * cfg.vocab_size * elem
 
 
 def memory_plan(config, nproc: int) -> MemoryPlan:
@@ -216,7 +217,7 @@ def memory_plan(config, nproc: int) -> MemoryPlan:
     return MemoryPlan(
         params_bytes=n * elem, grads_bytes=n * elem, optimizer_bytes=master + 8 * shard,
         activations_bytes=activation_bytes(cfg, tokens, elem, checkpointed),
-        logits_bytes=logits_bytes(cfg, tokens, elem), teacher_bytes=teacher_bytes(raw, elem),
+        logits_bytes=logits_bytes(cfg, tokens), teacher_bytes=teacher_bytes(raw, elem, tokens),
         model=cfg.name, num_params=n, tokens_per_micro_batch=tokens, nproc=nproc, zero1=zero1,
         checkpointed_layers=checkpointed, num_layers=cfg.num_layers, dtype=dtype)
 
@@ -318,27 +319,26 @@ def _packed_batch(tokens: int, seq_len: int, vocab: int, generator):
     return ids, cu_seqlens, indexes
 
 
-def _build_model(cfg: ModelConfig, dtype, checkpoint):
-    """A random PanGuPi in `dtype` on CPU, training mode, with `model.checkpoint` applied the way
-    the InternEvo builder applies it."""
-    import inspect
+@contextlib.contextmanager
+def _visible_checkpointing():
+    """Run `rethinktiny.model`'s checkpointed blocks through torch's reentrant checkpoint while
+    measuring. The non-reentrant one the model uses keeps its block inputs in a closure and stores
+    the recomputed block through saved-tensor hooks of its own, which hide both from the meter's;
+    the reentrant one keeps the same tensors (each checkpointed block's input, one block
+    recomputed at a time in backward) through `ctx.save_for_backward`, which the meter sees."""
+    import torch.utils.checkpoint
 
-    import torch
+    from rethinktiny import model as model_module
 
-    from rethinktiny.arch.measure import random_model
-    from rethinktiny.model import PanGuPi
+    def reentrant(function, *args, use_reentrant=None, **kwargs):
+        return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=True, **kwargs)
 
-    model = random_model(cfg, torch.device("cpu"), dtype).train()
-    if "checkpoint" in inspect.signature(PanGuPi.__init__).parameters:
-        with torch.device("meta"):
-            shell = PanGuPi(cfg, checkpoint=checkpoint)
-        shell.load_state_dict(model.state_dict(), assign=True)
-        model = shell.train()
-    elif hasattr(model, "set_checkpoint"):
-        model.set_checkpoint(checkpoint)
-    elif checkpoint not in (False, 0):
-        raise UserError("arch memory --measure: this rethinktiny.model has no activation checkpointing")
-    return model
+    saved = model_module.checkpoint
+    model_module.checkpoint = reentrant
+    try:
+        yield
+    finally:
+        model_module.checkpoint = saved
 
 
 def measure_activations(config, layers: int | None = None, seed: int = 0) -> dict[str, int]:
@@ -354,23 +354,26 @@ def measure_activations(config, layers: int | None = None, seed: int = 0) -> dic
     """
     import torch
 
+    from rethinktiny.arch.measure import random_model
+
     raw = _raw(config)
     cfg = from_internevo(raw["model"], source="model")
     if layers is not None:
         cfg = cfg.replace(num_layers=layers)
     dtype_name, _ = dtype_bytes(raw)
     dtype = torch.float32 if dtype_name == "tf32" else getattr(torch, dtype_name)
-    model = _build_model(cfg, dtype, raw["model"].get("checkpoint", False))
+    model = random_model(cfg, torch.device("cpu"), dtype).train()  # cfg.checkpoint: model.checkpoint
     seq_len = int(raw.get("data", {}).get("seq_len", 2048))
     generator = torch.Generator().manual_seed(seed)
     ids, cu_seqlens, indexes = _packed_batch(micro_batch_tokens(raw), seq_len, cfg.vocab_size, generator)
     meter = SavedTensorMeter({p.untyped_storage().data_ptr() for p in model.parameters()})
-    with meter.hooks():
-        logits = model(ids, cu_seqlens=cu_seqlens, indexes=indexes, max_seqlen=seq_len)
-    # The loss outside the meter: its saved tensors are the plan's logits part, not activations.
-    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids.flatten())
-    with meter.hooks():
-        loss.backward()
+    with _visible_checkpointing():
+        with meter.hooks():
+            logits = model(ids, cu_seqlens=cu_seqlens, indexes=indexes, max_seqlen=seq_len)
+        # The loss outside the meter: its saved tensors are the plan's logits part, not activations.
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids.flatten())
+        with meter.hooks():
+            loss.backward()
     return {"measured_activations_bytes": meter.peak, "measured_layers": cfg.num_layers}
 
 

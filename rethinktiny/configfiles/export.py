@@ -65,7 +65,8 @@ def _literal(value) -> str:
 
 def _model_block(cfg: ModelConfig, opts: TrainOptions) -> str:
     shape = to_internevo(cfg)
-    lines = [f"    {key}={_literal(value)}," for key, value in shape.items() if key != "mlp_ratio"]
+    # checkpoint is a training option (opts.checkpoint, written with the other model keys below)
+    lines = [f"    {key}={_literal(value)}," for key, value in shape.items() if key not in ("mlp_ratio", "checkpoint")]
     # InternEvo's trainer reads mlp_ratio for its FLOPs figures (KeyError without it); the exact
     # ratio, since our builders take the width from intermediate_size.
     lines.append(f"    mlp_ratio={cfg.intermediate_size / cfg.hidden_size!r},  # = intermediate_size / hidden_size")
