@@ -150,6 +150,29 @@ def output_dir(dst: str | os.PathLike, force: bool = False) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
 
 
+def check_not_an_input(dst: str | os.PathLike, inputs: dict[str, str | os.PathLike | None],
+                       flag: str = "--dst") -> Path:
+    """Refuse an output that is one of the inputs or a folder holding one (replacing it, even with
+    `--force`, would delete the input). Links are resolved.
+
+    Args:
+        dst: the output file or folder.
+        inputs: the command's inputs by flag; None values are skipped.
+        flag: the output's flag, for the message.
+    """
+    dst = Path(dst)
+    resolved = dst.resolve()
+    for name, given in inputs.items():
+        if given is None:
+            continue
+        source = Path(given).resolve()
+        if source == resolved:
+            raise UserError(f"{dst}: {flag} is the same file as {name}; refusing to write over an input")
+        if resolved in source.parents:
+            raise UserError(f"{dst}: {flag} holds {name} ({given}); replacing it would delete an input")
+    return dst
+
+
 def check_output_file(path: str | os.PathLike, force: bool, inputs: dict[str, str | os.PathLike | None],
                       flag: str = "--out") -> Path:
     """Refuse, before any work, an output file that exists (unless `force`) or that is one of the
@@ -161,11 +184,7 @@ def check_output_file(path: str | os.PathLike, force: bool, inputs: dict[str, st
         inputs: the command's inputs by flag (`{"--data": path}`); None values are skipped.
         flag: the output's flag, for the message.
     """
-    path = Path(path)
-    resolved = path.resolve()
-    for name, given in inputs.items():
-        if given is not None and Path(given).resolve() == resolved:
-            raise UserError(f"{path}: {flag} is the same file as {name}; refusing to write over an input")
+    path = check_not_an_input(path, inputs, flag)
     if path.is_dir():
         raise UserError(f"{path}: {flag} is a folder, expected a file name")
     return check_writable(path, force)

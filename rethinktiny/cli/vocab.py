@@ -91,8 +91,11 @@ def prune_command(args: argparse.Namespace) -> None:
 
 
 def inspect_command(args: argparse.Namespace) -> None:
+    from rethinktiny.artifacts import check_not_an_input
     from rethinktiny.vocab.coverage import inspect_tokenizer
 
+    if args.png:
+        check_not_an_input(args.png, {"--text": args.text, "TOKENIZER": args.tokenizer}, flag="--png")
     summary = inspect_tokenizer(args.tokenizer, args.text, png=args.png or None, text_key=args.text_key,
                                 force=args.force)
     print(json.dumps(summary, indent=2))

@@ -12,7 +12,7 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from rethinktiny.artifacts import output_dir, write_json, write_manifest
+from rethinktiny.artifacts import check_not_an_input, output_dir, write_json, write_manifest
 from rethinktiny.data.tokenized import BinWriter
 from rethinktiny.errors import UserError
 
@@ -77,6 +77,7 @@ def train_tokenizer(corpus: str | os.PathLike, dst: str | os.PathLike, vocab_siz
     if normalization not in NORMALIZATION_RULES:
         raise UserError(f"--normalization: unknown rule {normalization!r}; choose one of "
                         f"{', '.join(NORMALIZATION_RULES)}")
+    check_not_an_input(dst, {"--input": corpus})
     texts = [text for _, text in iter_jsonl_texts(corpus, text_key, None)]
     if not texts:
         raise UserError(f"{corpus}: no documents")
@@ -123,6 +124,7 @@ def tokenize_corpus(corpus: str | os.PathLike, tokenizer: str | os.PathLike, dst
     """
     from rethinktiny.tokenizer import load_tokenizer
 
+    check_not_an_input(dst, {"--input": corpus, "--tokenizer": tokenizer})
     loaded = load_tokenizer(tokenizer)
     records = list(iter_jsonl_texts(corpus, text_key, type_key))
     if not records:

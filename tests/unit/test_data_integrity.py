@@ -107,3 +107,18 @@ def test_data_written_by_tokenize_passes_every_check(tmp_path, sample_valid_corp
     assert len(files) > 2
     docs, tokens = count_tokens(tmp_path / "d", verify=True)
     assert docs > 0 and tokens == sum(int(np.load(f"{f}.meta")[:, 1].sum()) for f in files)
+
+
+def test_an_output_folder_never_replaces_an_input(tmp_path, sample_valid_corpus, tiny_tokenizer, capsys):
+    corpus = tmp_path / "in" / "corpus.jsonl"
+    corpus.parent.mkdir()
+    corpus.write_bytes(sample_valid_corpus.read_bytes())
+    for dst, what in ((corpus, "is the same file as --input"), (corpus.parent, "holds --input")):
+        for argv in (["data", "tokenize", "--tokenizer", str(tiny_tokenizer)], ["data", "train-tokenizer",
+                                                                                "--vocab-size", "300"]):
+            assert main([*argv, "--input", str(corpus), "--dst", str(dst), "--force"]) == 2
+            assert what in _one_error_line(capsys)
+    assert corpus.read_bytes() == sample_valid_corpus.read_bytes()
+    assert main(["vocab", "inspect", str(tiny_tokenizer), "--text", str(corpus), "--png", str(corpus), "--force"]) == 2
+    assert "--png is the same file as --text" in _one_error_line(capsys)
+    assert corpus.read_bytes() == sample_valid_corpus.read_bytes()
