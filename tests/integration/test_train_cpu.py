@@ -47,10 +47,13 @@ def test_full_resume_continues_exactly(run_a, tmp_path, tokenized_sample):
     save_b = tmp_path / "resumed"
     save_b.mkdir()
     shutil.copytree(save_a / "20", save_b / "20")
+    # the metrics of a run that logged past its last checkpoint (step 20) before it died
+    shutil.copy(save_a / "train_metrics.jsonl", save_b / "train_metrics.jsonl")
     result = train_tiny(save_b, tokenized_sample, 24, "--set", "ckpt.checkpoint_every=20",
                         "--set", "ckpt.auto_resume=True")
     assert result.returncode == 0, explain(result)
-    resumed = metrics(save_b)
+    assert [r["step"] for r in metrics(save_b)] == list(range(1, 25))  # each step once
+    resumed = metrics(save_b)[20:]
     assert [r["step"] for r in resumed] == [21, 22, 23, 24]
     original = {r["step"]: r["loss"] for r in metrics(save_a)}
     assert [r["loss"] for r in resumed] == [original[s] for s in (21, 22, 23, 24)]
