@@ -327,11 +327,16 @@ def _train_loop(trainer, train_dl, train_state, ckpt_manager, metric, log, model
 
 def _log_attention_path(model_cfg) -> None:
     """Which packed-attention kernel our model runs here (flash-attn varlen, SDPA per document, ...)."""
-    from rethinktiny import model as our_model
+    from internlm.core.context import global_context as gpc
     from internlm.utils.common import get_current_device
 
-    if model_cfg is not None and hasattr(our_model, "attention_path"):
-        print(f"[rethinktiny] attention: {our_model.attention_path(get_current_device())}", flush=True)
+    from rethinktiny import model as our_model
+
+    if model_cfg is None or not hasattr(our_model, "attention_path"):
+        return
+    # model.dtype is a torch dtype once InternEvo's args_sanity_check has run
+    path = our_model.attention_path(get_current_device(), gpc.config.model.dtype)
+    print(f"[rethinktiny] attention: {path}", flush=True)
 
 
 def _config_text(config_path: str, overrides) -> str:
