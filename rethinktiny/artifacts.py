@@ -43,7 +43,8 @@ def _sibling_tmp(dst: Path, tag: str) -> Path:
     return dst.with_name(f".{dst.name}.{tag}-{os.getpid()}-{int(time.time() * 1e6) % 10**9}-{_host()}")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this host exists (another user's included)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -67,7 +68,7 @@ def remove_stale_temporaries(dst: str | os.PathLike) -> list[Path]:
     removed = []
     for path in dst.parent.glob(f".{glob_escape(dst.name)}.*-*-*"):
         owner = _temporary_owner(path.name[len(dst.name) + 2:])
-        if owner is None or owner[1] != _host() or owner[0] == os.getpid() or _pid_alive(owner[0]):
+        if owner is None or owner[1] != _host() or owner[0] == os.getpid() or pid_alive(owner[0]):
             continue
         if path.name.startswith(f".{dst.name}.old-") and not dst.exists():
             os.replace(path, dst)  # killed between its two renames: the old result goes back

@@ -53,7 +53,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from rethinktiny.artifacts import build_manifest, dumps_json, file_digest, sigterm_raises
+from rethinktiny.artifacts import build_manifest, dumps_json, file_digest, pid_alive, sigterm_raises
 from rethinktiny.cpus import available_cpus
 from rethinktiny.data.tokenized import read_meta, require_bin_files
 from rethinktiny.errors import UserError
@@ -322,6 +322,8 @@ def count_folder(src: str | os.PathLike, dst: str | os.PathLike, process_num: in
     with sigterm_raises(), _count_lock(dst):
         _check_same_run(dst, identity, force)
         (dst / MANIFEST).unlink(missing_ok=True)  # from here until the end this folder is incomplete
+        for partial in dst.glob(".*.partial"):  # `_write_result` temporaries of a killed run (we hold the lock)
+            partial.unlink(missing_ok=True)
         jobs, reused = _plan(all_files[index::count], src, dst, strict, force, summary, vocab)
         done = reused + _run_jobs(jobs, process_num or available_cpus())
         for file_summary in sorted(done, key=lambda d: d["source"]):  # first error: same on every run
@@ -408,23 +410,26 @@ def _describe(key: str, value) -> str:
 @contextlib.contextmanager
 def _count_lock(dst: Path) -> Iterator[None]:
     """One `vocab count` per `dst` at a time: a second one would rewrite the first one's manifest.
-    A lock left by a dead process of this host is taken over."""
+    The lock file appears with its owner already in it (written aside, then hard-linked into place,
+    which fails when it exists); one left by a dead process of this host is taken over."""
     lock = dst / LOCK
-    owner = f"{os.getpid()} {socket.gethostname()}"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            break
-        except FileExistsError:
-            if not _stale_lock(lock):
-                holder = lock.read_text(encoding="utf-8", errors="replace").strip() or "?"
-                raise UserError(f"{dst}: another `vocab count` (pid, host: {holder}) is writing this folder; "
-                                f"wait for it, or remove {lock} if that process is gone") from None
-            lock.unlink(missing_ok=True)
-    else:
-        raise UserError(f"{lock}: could not take the lock")
-    with os.fdopen(fd, "w") as f:
-        f.write(owner + "\n")
+    mine = dst / f"{LOCK}.{os.getpid()}"
+    mine.write_text(f"{os.getpid()} {socket.gethostname()}\n", encoding="utf-8")
+    try:
+        for _ in range(2):
+            try:
+                os.link(mine, lock)
+                break
+            except FileExistsError:
+                if not _stale_lock(lock):
+                    holder = lock.read_text(encoding="utf-8", errors="replace").strip() or "?"
+                    raise UserError(f"{dst}: another `vocab count` (pid, host: {holder}) is writing this folder; "
+                                    f"wait for it, or remove {lock} if that process is gone") from None
+                lock.unlink(missing_ok=True)
+        else:
+            raise UserError(f"{lock}: could not take the lock")
+    finally:
+        mine.unlink(missing_ok=True)
     try:
         yield
     finally:
@@ -435,17 +440,13 @@ def _stale_lock(lock: Path) -> bool:
     try:
         pid, host = lock.read_text(encoding="utf-8").split()
         pid = int(pid)
+    except FileNotFoundError:
+        return True  # released meanwhile
     except (OSError, ValueError):
-        return True  # empty or unreadable: a process killed while writing it
+        return False  # not ours to judge: the message names the file to remove
     if host != socket.gethostname():
         return False  # on a shared file system it may be alive there
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
+    return not pid_alive(pid)
 
 
 def _tokenizer_vocab(tokenizer: str | os.PathLike | None) -> tuple[int | None, str | None]:

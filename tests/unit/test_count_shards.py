@@ -91,8 +91,9 @@ def test_a_second_count_into_the_same_dst_does_not_replace_the_first(corpus, tmp
     with pytest.raises(UserError, match="another `vocab count`"):
         count_folder(corpus, dst, process_num=1, shard=(0, 2))
     (dst / ".count.lock").write_text("999999999 " + os.uname().nodename + "\n")  # a dead one: taken over
+    (dst / ".a__0.bin.json.999999999.partial").write_text("{")  # what it was writing when killed
     count_folder(corpus, dst, process_num=1, shard=(0, 2))
-    assert not (dst / ".count.lock").exists()
+    assert not (dst / ".count.lock").exists() and not list(dst.glob(".*"))
 
 
 def test_a_failed_count_leaves_nothing_merge_takes(tmp_path):
