@@ -242,13 +242,13 @@ def _exec_with_parent_death(launcher_pid: int, command: Sequence[str]) -> None:
     os.execvp(command[0], list(command))
 
 
-def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()):
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), allow_unknown_keys: bool = False):
     """The training config, loaded once with its overrides and checked (`TrainingConfig`)."""
     try:
         from rethinktiny.configfiles.training import TrainingConfig
     except ImportError:  # TODO(launch): drop once configfiles/training.py has landed
         return _checked_config(path, overrides)
-    return TrainingConfig.from_file(path, list(overrides))
+    return TrainingConfig.from_file(path, list(overrides), allow_unknown_keys=allow_unknown_keys)
 
 
 @dataclass
@@ -257,6 +257,7 @@ class _LoadedConfig:
     overrides: list[str]
     raw: dict
     nproc_hint: int | None
+    model: None = None
 
 
 def _checked_config(path, overrides: Sequence[str]) -> _LoadedConfig:
@@ -312,8 +313,20 @@ def last_checkpoint(config) -> str:
         return f"no checkpoint in {save} yet"
 
 
+def check_memory_plan(config, options: LaunchOptions, ignore: bool = False) -> None:
+    """Print the per-GPU memory plan of our model types; stop when it exceeds the visible GPU's
+    memory, unless `ignore` (`--ignore-memory-plan`)."""
+    if config.model is None:  # InternEvo's own model types: no plan
+        return
+    from rethinktiny.arch.memory import check_fits, device_memory_bytes, memory_plan
+
+    plan = memory_plan(config, options.nproc_per_node * options.nnodes)
+    print(f"[rethinktiny] {plan.describe()}", flush=True)
+    check_fits(plan, device_memory_bytes(), ignore)
+
+
 def train(config, options: LaunchOptions, seed: int = 1024, extra_overrides: Sequence[str] = (),
-          dry_run: bool = False) -> int:
+          dry_run: bool = False, ignore_memory_plan: bool = False) -> int:
     """Train a loaded config with InternEvo in `options`' ranks; returns their exit status.
 
     Args:
@@ -321,13 +334,15 @@ def train(config, options: LaunchOptions, seed: int = 1024, extra_overrides: Seq
         options: launch options (resolved here with the config's rank hint).
         seed: InternEvo's seed.
         extra_overrides: `--set` items on top of the config's own (e.g. a round's data folder);
-            the config is checked again with them.
+            the config's values and data are checked again with them (its keys were checked).
         dry_run: print the command instead of running it.
+        ignore_memory_plan: start even when the memory plan exceeds the GPU's memory.
     Raises `Stopped` (naming the last checkpoint) when a signal stopped the ranks.
     """
     if extra_overrides:
-        config = load_config(config.path, [*config.overrides, *extra_overrides])
+        config = load_config(config.path, [*config.overrides, *extra_overrides], allow_unknown_keys=True)
     options = options.resolve(config.nproc_hint)
+    check_memory_plan(config, options, ignore_memory_plan)
     command = rank_command(TRAIN_MODULE, train_args(config.path, options, seed, config.overrides), options)
     if dry_run:
         print(" ".join(command))

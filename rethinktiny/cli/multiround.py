@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from rethinktiny.cli.resample import add_sampling_arguments
-from rethinktiny.cli.train import add_launch_arguments, launch_options
+from rethinktiny.cli.train import add_launch_arguments, add_training_arguments, launch_options
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value in every round (repeatable)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    add_training_arguments(parser)
     add_launch_arguments(parser)
     parser.set_defaults(func=_multiround)
 
@@ -33,5 +34,6 @@ def _multiround(args: argparse.Namespace) -> None:
     results = multiround(args.config, args.rounds, ratio=args.ratio, num_batches=args.num_batches, work=args.work,
                          data=args.data, mode=args.mode, seed=args.seed, temperature=args.temperature,
                          batch_ranks=args.batch_ranks, round_steps=args.round_steps, overrides=args.overrides,
-                         launch=launch_options(args), progress=args.progress)
+                         launch=launch_options(args), progress=args.progress,
+                         allow_unknown_keys=args.allow_unknown_keys, ignore_memory_plan=args.ignore_memory_plan)
     print(summary_table(results))

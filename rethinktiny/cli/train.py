@@ -35,6 +35,14 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
                         f"(default: {STOP_TIMEOUT_S:g})")
 
 
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of every command that trains (train, multiround)."""
+    parser.add_argument("--allow-unknown-keys", action="store_true",
+                        help="keep config keys neither InternEvo nor rethinktiny reads (default: an error)")
+    parser.add_argument("--ignore-memory-plan", action="store_true",
+                        help="start even when the per-GPU memory plan exceeds the visible GPU's memory")
+
+
 def launch_options(args: argparse.Namespace) -> LaunchOptions:
     return LaunchOptions.from_env(nproc_per_node=args.nproc_per_node, nnodes=args.nnodes, node_rank=args.node_rank,
                                   master_addr=args.master_addr, master_port=args.master_port,
@@ -48,6 +56,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value in every rank, e.g. --set data.total_steps=40 (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="print the launch command instead of running it")
+    add_training_arguments(parser)
     add_launch_arguments(parser)
     parser.set_defaults(func=train)
 
@@ -71,5 +80,6 @@ def train(args: argparse.Namespace) -> int:
 
         options.launcher = rank_launcher
         return train_in_rank(launch.train_args(args.config, options, args.seed, args.overrides))
-    config = launch.load_config(args.config, args.overrides)
-    return launch.train(config, options, seed=args.seed, dry_run=args.dry_run)
+    config = launch.load_config(args.config, args.overrides, args.allow_unknown_keys)
+    return launch.train(config, options, seed=args.seed, dry_run=args.dry_run,
+                        ignore_memory_plan=args.ignore_memory_plan)

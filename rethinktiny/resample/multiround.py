@@ -51,6 +51,7 @@ class RoundPlan:
     num_batches: int | None = None
     round_steps: list[int] = field(default_factory=list)
     progress: bool = True
+    ignore_memory_plan: bool = False
 
 
 @dataclass
@@ -83,7 +84,8 @@ def train_round(plan: RoundPlan, number: int, steps: int, extra: Sequence[str]) 
 
     save = plan.work / f"round{number}" / "ckpt"
     print(f"[rethinktiny] multiround: round {number}: training {steps} steps -> {save}", flush=True)
-    code = train(plan.training, plan.launch, seed=plan.seed, extra_overrides=round_overrides(plan, save, steps, extra))
+    code = train(plan.training, plan.launch, seed=plan.seed, extra_overrides=round_overrides(plan, save, steps, extra),
+                 ignore_memory_plan=plan.ignore_memory_plan)
     if code != 0:
         raise UserError(f"round {number}: training failed (exit {code}); see the output above")
     return find_step_folder(save)
@@ -177,7 +179,8 @@ def _check_amount(rounds: int, ratio: float | None, num_batches: int | None) -> 
 def make_plan(config: str | os.PathLike, rounds: int, ratio: float | None = None, num_batches: int | None = None,
               work: str | os.PathLike | None = None, data: str | None = None, mode: str = "sampler", seed: int = 0,
               temperature: float = 1.0, batch_ranks: int = 1, round_steps: Sequence[int] = (),
-              overrides: Sequence[str] = (), launch: LaunchOptions | None = None, progress: bool = True) -> RoundPlan:
+              overrides: Sequence[str] = (), launch: LaunchOptions | None = None, progress: bool = True,
+              allow_unknown_keys: bool = False, ignore_memory_plan: bool = False) -> RoundPlan:
     """Check the arguments and the config before anything trains; see `multiround` for them."""
     from rethinktiny.data.tokenized import require_bin_files
     from rethinktiny.resample.sampling import check_temperature
@@ -188,7 +191,7 @@ def make_plan(config: str | os.PathLike, rounds: int, ratio: float | None = None
         raise UserError(f"--mode must be one of {MODES}, got {mode!r}")
     if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in round_steps) or len(round_steps) > rounds:
         raise UserError(f"--round-steps needs at most {rounds} positive integers, got {list(round_steps)}")
-    training = load_config(config, overrides)
+    training = load_config(config, overrides, allow_unknown_keys)
     loaded = training.raw
     data = data or loaded.get("data", {}).get("train_folder")
     if not data:
@@ -202,7 +205,7 @@ def make_plan(config: str | os.PathLike, rounds: int, ratio: float | None = None
                      has_lr_scheduler=isinstance(loaded.get("lr_scheduler"), dict), overrides=list(overrides),
                      launch=launch or LaunchOptions.from_env(), mode=mode, seed=seed, temperature=temperature,
                      batch_ranks=batch_ranks, ratio=ratio, num_batches=num_batches, round_steps=list(round_steps),
-                     progress=progress)
+                     progress=progress, ignore_memory_plan=ignore_memory_plan)
 
 
 def multiround(config: str | os.PathLike, rounds: int, ratio: float | None = None, num_batches: int | None = None,
@@ -218,7 +221,8 @@ def multiround(config: str | os.PathLike, rounds: int, ratio: float | None = Non
         **options: `make_plan`'s keywords: work (output folder, default outputs/multiround/<config
             name>), data, mode ("sampler", the default, or "copy"), seed, temperature, batch_ranks, round_steps
             (steps per round; default: the config's total_steps, then that times the kept
-            fraction), overrides (`--set` items for every round), launch, progress.
+            fraction), overrides (`--set` items for every round), launch, progress,
+            allow_unknown_keys (keep config keys nobody reads), ignore_memory_plan.
     """
     plan = make_plan(config, rounds, ratio, num_batches, **options)
     results = run_rounds(plan, rounds)

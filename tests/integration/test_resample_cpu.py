@@ -48,7 +48,8 @@ def test_two_rank_scoring_equals_one_rank_scoring(setup):
 def test_multiround_copy_mode_trains_each_round_on_resampled_data(setup):
     work = setup["root"] / "rounds"
     result = rethinktiny("multiround", "--config", str(setup["config"]), "--rounds", "2", "--ratio", "0.5",
-                         "--work", str(work), "--round-steps", "6", "3", "--no-progress", timeout=900)
+                         "--work", str(work), "--round-steps", "6", "3", "--mode", "copy", "--no-progress",
+                         timeout=900)
     assert result.returncode == 0, explain(result)
     rounds = json.loads((work / "summary.json").read_text())
     assert [(r["round"], r["steps"]) for r in rounds] == [(1, 6), (2, 3)]
@@ -60,7 +61,7 @@ def test_multiround_copy_mode_trains_each_round_on_resampled_data(setup):
     assert [m["step"] for m in metrics(work / "round2" / "ckpt")] == [1, 2, 3]
     assert f"{rounds[1]['num_selected']}/{rounds[1]['num_batches']}" in result.stdout.splitlines()[-1]
     again = rethinktiny("multiround", "--config", str(setup["config"]), "--rounds", "2", "--ratio", "0.5",
-                        "--work", str(work), "--round-steps", "6", "3", "--no-progress")
+                        "--work", str(work), "--round-steps", "6", "3", "--mode", "copy", "--no-progress")
     assert again.returncode == 0 and "training" not in again.stdout  # finished rounds are not redone
 
 
