@@ -88,11 +88,11 @@ class Distiller:
         if pending is None:
             raise RuntimeError("distill: the criterion ran without the student's forward before it")
         labels = labels.reshape(-1)
-        if "logp" in pending:
-            kd = forward_kl(logits, pending["logp"], labels, self.temperature)
-        else:
+        if "found" in pending:  # from the cache
             kd = sparse_kl(logits, pending["ids"], pending["weights"], pending["logp"], labels, self.temperature,
                            valid=pending["found"])
+        else:
+            kd = forward_kl(logits, pending["logp"], labels, self.temperature)
         self._add("kd_loss", kd)
         self._add("ce_loss", ce)
         trained = (labels != -100).to(logits.device)
