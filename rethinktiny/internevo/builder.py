@@ -2,7 +2,8 @@
 
 InternEvo calls the builder with the `model=dict(...)` entries of the config (plus any key of
 ours; `checkpoint`, the share of layers recomputed in backward, becomes `ModelConfig.checkpoint`);
-the newest tree also passes `first`, `last`, `start_layer_idx` and `device` (its pipeline stage) and drops `use_flash_attn`, `apply_post_layer_norm`, `embed_split_hidden`. The builder returns the
+the newest tree also passes `first`, `last`, `start_layer_idx` and `device` (its pipeline stage)
+and drops `use_flash_attn`, `apply_post_layer_norm`, `embed_split_hidden`. The builder returns the
 whole model on the current device with InternEvo's parallel attribute on every parameter (its
 ZeRO optimizer asserts one is set).
 """
