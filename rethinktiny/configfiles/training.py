@@ -129,7 +129,7 @@ _POSITIVE = (lambda v: _is_number(v) and v > 0, "a number > 0")
 _FRACTION = (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
 _BETA = (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")
 _BOOL = (lambda v: isinstance(v, bool), "True or False")
-_FOLDER = (lambda v: v is None or (isinstance(v, str) and v != ""), "a folder path (a string) or None")
+_FOLDER = (lambda v: v is None or isinstance(v, str), "a folder path (a string) or None")
 _ACTIVATION_CHECKPOINT = (lambda v: isinstance(v, bool) or (_is_number(v) and 0 <= v <= 1),
                           "True, False or the share of layers in [0, 1]")
 

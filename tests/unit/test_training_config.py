@@ -260,6 +260,22 @@ def test_known_keys_cover_what_internevo_reads(package):
     assert not missing, f"{package} reads config keys TrainingConfig does not know: {missing}"
 
 
+def test_our_model_keys_cover_what_our_builders_read():
+    """Every `model=dict(...)` key rethinktiny.config.from_internevo and our InternEvo builder read."""
+    reads = set()
+    for file in ("rethinktiny/config.py", "rethinktiny/internevo/builder.py"):
+        for node in ast.walk(ast.parse((REPO / file).read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+                    and getattr(node.func.value, "id", None) in ("model", "entry") and node.args
+                    and isinstance(node.args[0], ast.Constant)):
+                reads.add(node.args[0].value)
+            if (isinstance(node, ast.Subscript) and getattr(node.value, "id", None) in ("model", "entry")
+                    and isinstance(node.slice, ast.Constant)):
+                reads.add(node.slice.value)
+    assert {"hidden_size", "intermediate_size", "qk_interleaved"} <= reads
+    assert not reads - set(OUR_MODEL_KEYS), sorted(reads - set(OUR_MODEL_KEYS))
+
+
 # ---- a resumed run's metrics file -------------------------------------------------------------------
 
 def test_resumed_step_log_holds_each_step_once(tmp_path):
