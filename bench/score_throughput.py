@@ -131,10 +131,11 @@ def main() -> None:
     parser.add_argument("--work", default="outputs/bench/score_throughput")
     args = parser.parse_args()
 
-    from rethinktiny.launch import LaunchOptions, load_config
+    from rethinktiny.configfiles.training import TrainingConfig
+    from rethinktiny.launch import LaunchOptions
     from rethinktiny.resample.run import read_training_config
 
-    hint = load_config(args.config).nproc_hint
+    hint = TrainingConfig.from_file(args.config).nproc_hint
     nproc = LaunchOptions.from_env(nproc_per_node=args.nproc_per_node).resolve(hint).nproc_per_node
     work = REPO / args.work
     shutil.rmtree(work, ignore_errors=True)

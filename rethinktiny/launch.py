@@ -24,10 +24,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from rethinktiny.errors import UserError
+
+if TYPE_CHECKING:
+    from rethinktiny.configfiles.training import TrainingConfig
 
 TRAIN_MODULE = "rethinktiny.internevo.train"
 WORKER_MODULE = "rethinktiny.resample.worker"
@@ -242,54 +244,6 @@ def _exec_with_parent_death(launcher_pid: int, command: Sequence[str]) -> None:
     os.execvp(command[0], list(command))
 
 
-def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), allow_unknown_keys: bool = False):
-    """The training config, loaded once with its overrides and checked (`TrainingConfig`)."""
-    try:
-        from rethinktiny.configfiles.training import TrainingConfig
-    except ImportError:  # TODO(launch): drop once configfiles/training.py has landed
-        return _checked_config(path, overrides)
-    return TrainingConfig.from_file(path, list(overrides), allow_unknown_keys=allow_unknown_keys)
-
-
-@dataclass
-class _LoadedConfig:
-    path: Path
-    overrides: list[str]
-    raw: dict
-    nproc_hint: int | None
-    model: None = None
-
-
-def _checked_config(path, overrides: Sequence[str]) -> _LoadedConfig:
-    """The checks the launcher made before TrainingConfig: model type and shape, data folders."""
-    from rethinktiny.config import MODEL_TYPES, from_internevo
-    from rethinktiny.configfiles.load import apply_overrides, load_config_file
-    from rethinktiny.data.tokenized import require_bin_files
-
-    config = load_config_file(path)
-    apply_overrides(config, list(overrides))
-    model_type = config.get("model_type", "INTERNLM")
-    if model_type not in MODEL_TYPES:
-        from rethinktiny.internevo import api
-
-        known = api.model_types()
-        if model_type not in known:
-            raise UserError(f"{path}: model_type {model_type!r} is unknown; rethinktiny provides {list(MODEL_TYPES)}, "
-                            f"InternEvo {[name for name in known if name not in MODEL_TYPES]}")
-    else:
-        if "model" not in config:
-            raise UserError(f"{path}: no model=dict(...) entry")
-        from_internevo(dict(config["model"]), source=f"{path}: model")
-    data = config.get("data", {})
-    if data.get("train_folder"):
-        require_bin_files(data["train_folder"])
-    if (data.get("valid_every") or 0) > 0 and data.get("valid_folder"):
-        require_bin_files(data["valid_folder"])
-    hint = config.get("launch", {})
-    nproc = int(hint["nproc_per_node"]) if isinstance(hint, dict) and "nproc_per_node" in hint else None
-    return _LoadedConfig(Path(path), list(overrides), config, nproc)
-
-
 def train_args(config_path: str | os.PathLike, options: LaunchOptions, seed: int,
                overrides: Sequence[str]) -> list[str]:
     """The training entry's arguments in every rank (`--port` for srun: torchrun sets MASTER_PORT)."""
@@ -299,7 +253,7 @@ def train_args(config_path: str | os.PathLike, options: LaunchOptions, seed: int
     return [*args, "--seed", str(seed), *[item for text in overrides for item in ("--set", text)]]
 
 
-def last_checkpoint(config) -> str:
+def last_checkpoint(config: TrainingConfig) -> str:
     """Where the newest complete checkpoint of a run is, in words."""
     from rethinktiny.checkpoint import find_step_folder
     from rethinktiny.configfiles.load import local_path
@@ -313,7 +267,7 @@ def last_checkpoint(config) -> str:
         return f"no checkpoint in {save} yet"
 
 
-def check_memory_plan(config, options: LaunchOptions, ignore: bool = False) -> None:
+def check_memory_plan(config: TrainingConfig, options: LaunchOptions, ignore: bool = False) -> None:
     """Print the per-GPU memory plan of our model types; stop when it exceeds the visible GPU's
     memory, unless `ignore` (`--ignore-memory-plan`)."""
     if config.model is None:  # InternEvo's own model types: no plan
@@ -325,12 +279,12 @@ def check_memory_plan(config, options: LaunchOptions, ignore: bool = False) -> N
     check_fits(plan, device_memory_bytes(), ignore)
 
 
-def train(config, options: LaunchOptions, seed: int = 1024, extra_overrides: Sequence[str] = (),
+def train(config: TrainingConfig, options: LaunchOptions, seed: int = 1024, extra_overrides: Sequence[str] = (),
           dry_run: bool = False, ignore_memory_plan: bool = False) -> int:
     """Train a loaded config with InternEvo in `options`' ranks; returns their exit status.
 
     Args:
-        config: `TrainingConfig` (loaded with the user's overrides).
+        config: the training config (loaded with the user's overrides).
         options: launch options (resolved here with the config's rank hint).
         seed: InternEvo's seed.
         extra_overrides: `--set` items on top of the config's own (e.g. a round's data folder);
@@ -340,7 +294,9 @@ def train(config, options: LaunchOptions, seed: int = 1024, extra_overrides: Seq
     Raises `Stopped` (naming the last checkpoint) when a signal stopped the ranks.
     """
     if extra_overrides:
-        config = load_config(config.path, [*config.overrides, *extra_overrides], allow_unknown_keys=True)
+        from rethinktiny.configfiles.training import TrainingConfig
+
+        config = TrainingConfig.from_file(config.path, [*config.overrides, *extra_overrides], allow_unknown_keys=True)
     options = options.resolve(config.nproc_hint)
     check_memory_plan(config, options, ignore_memory_plan)
     command = rank_command(TRAIN_MODULE, train_args(config.path, options, seed, config.overrides), options)

@@ -80,6 +80,8 @@ def train(args: argparse.Namespace) -> int:
 
         options.launcher = rank_launcher
         return train_in_rank(launch.train_args(args.config, options, args.seed, args.overrides))
-    config = launch.load_config(args.config, args.overrides, args.allow_unknown_keys)
+    from rethinktiny.configfiles.training import TrainingConfig
+
+    config = TrainingConfig.from_file(args.config, args.overrides, allow_unknown_keys=args.allow_unknown_keys)
     return launch.train(config, options, seed=args.seed, dry_run=args.dry_run,
                         ignore_memory_plan=args.ignore_memory_plan)

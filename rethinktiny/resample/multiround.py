@@ -22,11 +22,12 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from rethinktiny.artifacts import write_json
 from rethinktiny.errors import UserError
-from rethinktiny.launch import LaunchOptions, is_writer_node, load_config, train
+from rethinktiny.configfiles.training import TrainingConfig
+from rethinktiny.launch import LaunchOptions, is_writer_node, train
 
 MODES = ("sampler", "copy")
 
@@ -36,7 +37,7 @@ class RoundPlan:
     """The settings every round shares."""
 
     config: Path
-    training: Any  # the loaded TrainingConfig (with `overrides`)
+    training: TrainingConfig  # loaded with `overrides`
     work: Path
     data: str
     total_steps: int
@@ -191,7 +192,7 @@ def make_plan(config: str | os.PathLike, rounds: int, ratio: float | None = None
         raise UserError(f"--mode must be one of {MODES}, got {mode!r}")
     if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in round_steps) or len(round_steps) > rounds:
         raise UserError(f"--round-steps needs at most {rounds} positive integers, got {list(round_steps)}")
-    training = load_config(config, overrides, allow_unknown_keys)
+    training = TrainingConfig.from_file(config, overrides, allow_unknown_keys=allow_unknown_keys)
     loaded = training.raw
     data = data or loaded.get("data", {}).get("train_folder")
     if not data:
