@@ -20,8 +20,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--round-steps", type=int, nargs="+", default=[], metavar="STEPS",
                         help="training steps of rounds 1, 2, ... (default: the config's total_steps for round 1, "
                              "times the kept fraction for later rounds)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value in every round (repeatable)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     add_training_arguments(parser)
     add_launch_arguments(parser)

@@ -37,6 +37,8 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of every command that trains (train, multiround)."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value in every rank, e.g. --set data.total_steps=40 (repeatable)")
     parser.add_argument("--allow-unknown-keys", action="store_true",
                         help="keep config keys neither InternEvo nor rethinktiny reads (default: an error)")
     parser.add_argument("--ignore-memory-plan", action="store_true",
@@ -53,8 +55,6 @@ def launch_options(args: argparse.Namespace) -> LaunchOptions:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="InternEvo Python config file")
     parser.add_argument("--seed", type=int, default=1024, help="InternEvo's seed (default: 1024)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value in every rank, e.g. --set data.total_steps=40 (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="print the launch command instead of running it")
     add_training_arguments(parser)
     add_launch_arguments(parser)
