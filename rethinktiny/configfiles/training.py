@@ -240,11 +240,7 @@ def check_known_keys(raw: dict[str, Any], model_type: str, source: Callable[[str
     InternEvo's configs, and are not checked. `model` is checked for our model types only: InternEvo's
     own builders take their keys as named arguments.
     """
-    tree = dict(KNOWN_KEYS)
-    if model_type in MODEL_TYPES:
-        tree["model"] = OUR_MODEL_KEYS
-    else:
-        tree["model"] = {}
+    tree = {**KNOWN_KEYS, "model": OUR_MODEL_KEYS if model_type in MODEL_TYPES else {}}
     unknown = [found for name, value in raw.items() if not _is_constant(name)
                for found in _unknown(name, value, tree)]
     if not unknown:
