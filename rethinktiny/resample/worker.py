@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 import traceback
@@ -90,8 +91,9 @@ def score_share(plan: ScorePlan, rank: int, world: int, device: torch.device | s
     if todo:  # steady-state rate (model loading excluded); bench/score_throughput.py reads this line
         seconds = time.perf_counter() - start
         tokens = len(todo) * spec.tokens_per_batch
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; bench/resample_memory.py
         print(f"[rethinktiny] scoring rank {rank}: {len(todo)} batches, {tokens} tokens in {seconds:.2f} s "
-              f"({tokens / seconds:.1f} tokens/s)", flush=True)
+              f"({tokens / seconds:.1f} tokens/s), peak RSS {peak:.0f} MiB", flush=True)
     return len(todo)
 
 

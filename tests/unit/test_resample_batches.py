@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rethinktiny.errors import UserError
-from rethinktiny.resample.batches import PackedCorpus, RowReader, batch_rows, require_batches
+from rethinktiny.resample.batches import PackedCorpus, RowReader, batch_rows, require_batches, write_index
 from rethinktiny.resample.spec import BatchSpec, spec_from_data_config
 
 from .resample_helpers import internevo_dataset, internevo_single_rank, write_small_data  # noqa: F401
@@ -108,3 +108,22 @@ def test_meta_that_disagrees_with_the_line_names_file_and_line(tmp_path, small_d
                          if any(corpus.files[0].offsets[doc] == 0 for doc, _, _ in corpus.files[0].fragments(r)))
     with RowReader(corpus) as reader, pytest.raises(UserError, match=rf"{bin_path.name}:1: .* tokens but the .meta"):
         reader.row(first_doc_row)
+
+
+def test_index_is_the_in_memory_packing_memory_mapped_and_reused(tmp_path, small_data):
+    spec = BatchSpec(seq_len=32, micro_bsz=2, micro_num=3, min_length=20)
+    mine, indexed = PackedCorpus(small_data, spec), write_index(small_data, spec, tmp_path / "index")
+    assert isinstance(indexed.files[0].ends, np.memmap) and isinstance(indexed.batches(), np.memmap)
+    assert indexed.file_rows() == mine.file_rows() and indexed.num_rows == mine.num_rows
+    np.testing.assert_array_equal(indexed.batches(), batch_rows(mine.num_rows, spec))
+    with RowReader(mine) as a, RowReader(indexed) as b:
+        for row in range(0, mine.num_rows, 7):
+            np.testing.assert_array_equal(a.row(row).tokens, b.row(row).tokens)
+            np.testing.assert_array_equal(a.row(row).labels, b.row(row).labels)
+    stamp = (tmp_path / "index" / "ends.npy").stat().st_mtime_ns
+    write_index(small_data, spec, tmp_path / "index")  # same files and settings: reused
+    assert (tmp_path / "index" / "ends.npy").stat().st_mtime_ns == stamp
+    plain = BatchSpec(seq_len=32, micro_bsz=2, micro_num=3)
+    other = write_index(small_data, plain, tmp_path / "index")  # other settings: packed again
+    assert (tmp_path / "index" / "ends.npy").stat().st_mtime_ns != stamp
+    assert other.spec == plain and other.file_rows() == PackedCorpus(small_data, plain).file_rows()

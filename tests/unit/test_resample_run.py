@@ -2,20 +2,23 @@
 output made of exactly the chosen rows, resumable scoring, and bad inputs that write nothing."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from rethinktiny.checkpoint import open_model_checkpoint
-from rethinktiny.data.tokenized import iter_documents
+from rethinktiny.data.tokenized import BinWriter, iter_documents
 from rethinktiny.errors import UserError
-from rethinktiny.resample.batches import PackedCorpus, RowReader, batch_rows, write_index
 from rethinktiny.launch import LaunchOptions
+from rethinktiny.resample.batches import PackedCorpus, RowReader, batch_rows, write_index
 from rethinktiny.resample.run import make_score_plan, read_training_config, resample_data
+from rethinktiny.resample.sampling import DEFAULT_FLOOR, excess_losses, resample, scored_subset, seeded_generator
 from rethinktiny.resample.scorefiles import prepare_folder, score_files
 from rethinktiny.resample.spec import spec_from_data_config
 from rethinktiny.resample.worker import score_share
+from rethinktiny.resample.writer import write_selected_data
 
 from .resample_helpers import (folder_bytes, internevo_dataset, internevo_single_rank,  # noqa: F401
                                model_config, write_checkpoint, write_config, write_small_data)
@@ -32,9 +35,9 @@ def setup(tmp_path_factory, tokenized_sample):
     return {"root": root, "data": data, "config": config, "ckpt": ckpt}
 
 
-def _run(setup, dst, **kwargs):
+def _run(setup, dst, ckpt=None, **kwargs):
     kwargs = {"ratio": 0.5, "launch": ONE_RANK, "progress": False, **kwargs}
-    return resample_data(setup["config"], setup["ckpt"], dst, **kwargs)
+    return resample_data(setup["config"], ckpt or setup["ckpt"], dst, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -194,3 +197,85 @@ def test_existing_output_needs_force(setup, first_run):
     _, dst = first_run
     with pytest.raises(UserError, match="output exists; pass --force"):
         _run(setup, dst)
+
+
+def test_plain_draw_is_the_papers_softmax_over_the_losses(first_run):
+    result, dst = first_run
+    losses, selected = np.load(dst / "losses.npy"), np.load(dst / "selected.npy")
+    assert selected.tolist() == resample(losses, result.num_selected, seeded_generator(0)).selected.tolist()
+    assert not (dst / "reference_losses.npy").exists() and not (dst / "scored.npy").exists()
+
+
+def test_max_batches_scores_a_seeded_subset_and_draws_among_it(setup, first_run):
+    _, full = first_run
+    dst = setup["root"] / "subset"
+    result = _run(setup, dst, max_batches=10, copy_data=False)
+    scored, losses, selected = (np.load(dst / name) for name in ("scored.npy", "losses.npy", "selected.npy"))
+    assert result.num_scored == len(scored) == 10 and result.num_batches == len(losses) > 10
+    assert scored.tolist() == scored_subset(result.num_batches, max_batches=10, seed=0).tolist()
+    assert np.isnan(np.delete(losses, scored)).all()  # never scored, never kept
+    np.testing.assert_array_equal(losses[scored], np.load(full / "losses.npy")[scored])  # same scores
+    assert len(selected) == 5 and set(selected.tolist()) <= set(scored.tolist())
+    assert json.loads((dst / "selection.json").read_text())["num_batches"] == result.num_batches
+
+
+def test_reference_draws_by_excess_loss_with_a_floor(setup):
+    reference = write_checkpoint(setup["root"] / "ckpt_ref", model_config(), seed=2)
+    dst = setup["root"] / "with_reference"
+    result = _run(setup, dst, max_batches=12, copy_data=False, reference=reference)
+    losses, ref, scored, selected = (np.load(dst / name) for name in ("losses.npy", "reference_losses.npy",
+                                                                      "scored.npy", "selected.npy"))
+    plain = _run(setup, setup["root"] / "reference_alone", max_batches=12, copy_data=False, ckpt=reference)
+    np.testing.assert_array_equal(ref, np.load(plain.dst / "losses.npy"))  # the reference's own scores
+    assert not np.allclose(ref[scored], losses[scored])
+    expected = resample(excess_losses(losses, ref)[scored], result.num_selected, seeded_generator(0),
+                        floor=DEFAULT_FLOOR)
+    assert selected.tolist() == scored[expected.selected].tolist()
+    manifest = json.loads((dst / "manifest.json").read_text())
+    assert manifest["args"]["floor"] == DEFAULT_FLOOR and manifest["args"]["reference"] == str(reference)
+    other_vocab = write_checkpoint(setup["root"] / "ckpt_vocab", model_config({"vocab_size": 1000}))
+    with pytest.raises(UserError, match="excess losses need the same vocabulary"):
+        _run(setup, setup["root"] / "bad_reference", reference=other_vocab)
+
+
+def test_tf32_config_scores_in_float32(setup, first_run):
+    _, full = first_run
+    config = write_config(setup["root"] / "config_tf32.py", setup["data"], extra="model.update(dtype='torch.tf32')")
+    assert read_training_config(config).dtype == "tf32"
+    dst = setup["root"] / "tf32"
+    resample_data(config, setup["ckpt"], dst, ratio=0.5, max_batches=3, launch=ONE_RANK, progress=False,
+                  copy_data=False)
+    scored = np.load(dst / "scored.npy")
+    np.testing.assert_array_equal(np.load(dst / "losses.npy")[scored], np.load(full / "losses.npy")[scored])
+
+
+def test_copy_resumes_after_a_crash_without_rewriting_finished_files(setup, first_run, monkeypatch):
+    _, full = first_run
+    cfg = read_training_config(setup["config"])
+    corpus = write_index(setup["data"], spec_from_data_config(cfg.data), setup["root"] / "copy_index")
+    selected = np.load(full / "selected.npy")
+    parts, out = setup["root"] / "copy_parts", setup["root"] / "copy_out"
+    first_file = len(list(iter_documents(full / corpus.files[0].relpath)))  # documents the first file gets
+    original, calls = BinWriter.write, []
+
+    def crash_in_second_file(self, tokens):
+        calls.append(1)
+        if len(calls) > first_file:
+            raise OSError("disk full")
+        original(self, tokens)
+
+    monkeypatch.setattr(BinWriter, "write", crash_in_second_file)
+    with pytest.raises(OSError, match="disk full"):
+        write_selected_data(corpus, corpus.batches(), selected, out, parts, progress=False)
+    done = parts / f"{corpus.files[0].relpath}.done"
+    assert done.is_file() and not (parts / f"{corpus.files[1].relpath}.done").exists()
+    finished = (parts / corpus.files[0].relpath).stat()
+    monkeypatch.setattr(BinWriter, "write", original)
+    shutil.rmtree(out)  # the output folder of the crashed run is gone (output_dir removes it)
+    out.mkdir()
+    written = write_selected_data(corpus, corpus.batches(), selected, out, parts, progress=False)
+    again = (parts / corpus.files[0].relpath).stat()
+    assert (again.st_ino, again.st_mtime_ns) == (finished.st_ino, finished.st_mtime_ns)  # not rewritten
+    assert written == json.loads(full.joinpath("manifest.json").read_text())["summary"]["written"]
+    for packed in corpus.files:
+        assert (out / packed.relpath).read_bytes() == (full / packed.relpath).read_bytes()

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from rethinktiny.errors import UserError
-from rethinktiny.resample.sampling import num_to_select, resample, seeded_generator, softmax_probabilities
+from rethinktiny.resample.sampling import (excess_losses, num_to_select, resample, scored_subset, seeded_generator,
+                                          softmax_probabilities)
 
 # chi-square critical values at significance 0.001 (the draws are seeded, so the test is deterministic;
 # the threshold only says how far from the law a correct sampler could plausibly be)
@@ -120,3 +121,33 @@ def test_bad_draws_are_refused():
     for bad in (0.0, -1.0, float("inf"), float("nan")):
         with pytest.raises(UserError, match="--temperature"):
             softmax_probabilities(np.array([1.0]), bad)
+
+
+def test_floor_keeps_every_finite_batch_drawable():
+    excess = np.array([0.0, 1.0, -800.0, np.nan])  # batch 2's softmax weight underflows to 0
+    plain = resample(excess, 2, seeded_generator(0))
+    assert plain.probabilities[2] == 0.0
+    floored = resample(excess, 3, seeded_generator(0), floor=0.1)
+    assert floored.probabilities[2] == pytest.approx(0.1 / 3) and floored.probabilities[3] == 0.0
+    assert floored.probabilities.sum() == pytest.approx(1.0) and floored.selected.tolist() == [0, 1, 2]
+    np.testing.assert_allclose(floored.probabilities[:2], 0.9 * plain.probabilities[:2] + 0.1 / 3)
+    with pytest.raises(UserError, match=r"--floor must be in \[0, 1\)"):
+        resample(excess, 1, seeded_generator(0), floor=1.0)
+
+
+def test_excess_loss_is_nan_where_either_loss_is_not_finite():
+    excess = excess_losses(np.array([3.0, np.inf, 2.0]), np.array([1.0, 1.0, np.nan]))
+    assert excess[0] == 2.0 and np.isnan(excess[1:]).all()
+
+
+def test_scored_subset_is_seeded_sorted_and_bounded():
+    subset = scored_subset(100, max_batches=10, seed=3)
+    assert len(subset) == 10 == len(set(subset.tolist())) and subset.tolist() == sorted(subset.tolist())
+    assert scored_subset(100, max_batches=10, seed=3).tolist() == subset.tolist()
+    assert scored_subset(100, max_batches=10, seed=4).tolist() != subset.tolist()
+    assert len(scored_subset(100, fraction=0.25)) == 25
+    assert scored_subset(100) is None and scored_subset(100, max_batches=100) is None
+    for kwargs, message in [({"max_batches": 0}, "--max-batches"), ({"fraction": 1.5}, "--fraction"),
+                            ({"max_batches": 2, "fraction": 0.5}, "at most one")]:
+        with pytest.raises(UserError, match=message):
+            scored_subset(100, **kwargs)
