@@ -12,11 +12,10 @@ micro-batches are already accumulated):
   AdamW's two fp32 moments of that shard;
 - activations of one micro-batch (`micro_bsz * seq_len` packed tokens): the tensors autograd saves
   per decoder block, or only the block input for a checkpointed block plus one block recomputed at
-  a time in backward (`model.checkpoint` read as InternEvo reads it: layer i is checkpointed when
-  i < num_layers * share);
+  a time in backward (`model.checkpoint` read as InternEvo reads it: `ModelConfig.checkpoint_layers`);
 - logits and loss: InternEvo hands the loss fp32 logits, which the chunked loss keeps for backward
-  and whose fp32 gradient appears next to them in it, plus `LOSS_CHUNK_TOKENS` tokens of fp32
-  probabilities at a time;
+  and whose fp32 gradient appears next to them in it, plus `rethinktiny.model.LOSS_CHUNK_TOKENS`
+  tokens of fp32 probabilities at a time;
 - an online distillation teacher's frozen weights and logits in the training dtype (`distill=dict(teacher=...)`).
 
 The activation figures are the saved-tensor table of `rethinktiny.model` (per block: norm inputs,
@@ -39,8 +38,6 @@ from rethinktiny.errors import UserError
 
 GB = 10**9
 
-# tokens of fp32 probabilities the chunked cross entropy holds at once (rethinktiny.model's)
-LOSS_CHUNK_TOKENS = 4096
 # Kept free of the plan on the device: CUDA context, NCCL buffers, allocator fragmentation.
 DEVICE_HEADROOM = 0.10
 
@@ -96,16 +93,6 @@ def _raw(config) -> dict:
     if not isinstance(raw, dict):
         raise TypeError(f"memory_plan: expected a TrainingConfig or a config dict, got {type(config).__name__}")
     return raw
-
-
-def checkpointed_layers(checkpoint: Any, num_layers: int) -> int:
-    """Layers InternEvo checkpoints for `model.checkpoint`: True = all, False = none, a share s in
-    [0, 1] = layers i < num_layers * s (so the first ceil(num_layers * s))."""
-    if checkpoint is True or checkpoint is False:
-        return num_layers if checkpoint else 0
-    if not isinstance(checkpoint, (int, float)) or not 0 <= checkpoint <= 1:
-        raise UserError(f"model.checkpoint: expected True, False or a share of layers in [0, 1], got {checkpoint!r}")
-    return min(num_layers, math.ceil(num_layers * checkpoint))
 
 
 def zero1_ranks(raw: dict, nproc: int) -> int:
@@ -176,6 +163,8 @@ def logits_bytes(cfg: ModelConfig, tokens: int) -> int:
     """The loss's peak: InternEvo's NaiveAMPModel hands the loss fp32 logits (it casts the last
     stage's output, in any training dtype), `rethinktiny.model.chunked_cross_entropy` keeps them and
     writes their fp32 gradient next to them, one fp32 chunk of probabilities at a time."""
+    from rethinktiny.model import LOSS_CHUNK_TOKENS
+
     chunk = min(tokens, LOSS_CHUNK_TOKENS)
     return 2 * tokens * cfg.vocab_size * 4 + chunk * cfg.vocab_size * 4
 
@@ -210,7 +199,7 @@ def memory_plan(config, nproc: int) -> MemoryPlan:
     dtype, elem = dtype_bytes(raw)
     tokens = micro_batch_tokens(raw)
     zero1 = zero1_ranks(raw, nproc)
-    checkpointed = checkpointed_layers(raw["model"].get("checkpoint", False), cfg.num_layers)
+    checkpointed = cfg.checkpoint_layers  # model.checkpoint as InternEvo reads it
     n = cfg.num_params()
     shard = math.ceil(n / zero1)
     master = 0 if elem == 4 else 4 * shard  # fp32 training: the "master copy" is the parameters

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from rethinktiny.arch.memory import (GB, MemoryPlan, check_fits, checkpointed_layers, measure_activations,
-                                     memory_plan, with_layers)
+from rethinktiny.arch.memory import GB, MemoryPlan, check_fits, measure_activations, memory_plan, with_layers
 from rethinktiny.cli import main
 from rethinktiny.configfiles.load import apply_overrides, load_config_file
 from rethinktiny.errors import UserError
@@ -35,12 +34,6 @@ def _measured(case, checkpoint) -> int:
     return measure_activations(_config(*case, f"model.checkpoint={checkpoint}"))["measured_activations_bytes"]
 
 
-# TEMPORARY until engineer C's lean layers and checkpointing land in rethinktiny.model (then removed).
-_C_PENDING = pytest.mark.skipif(not hasattr(__import__("rethinktiny.model").model, "attention_path"),
-                                reason="rethinktiny.model without checkpointing yet")
-
-
-@_C_PENDING
 @pytest.mark.parametrize("case", [(TINY,), WIDE_2_LAYERS], ids=["tiny_cpu", "1792x2_bf16"])
 @pytest.mark.parametrize("checkpoint", [False, True], ids=["full", "checkpointed"])
 def test_plan_within_20_percent_of_measured_saved_tensors(case, checkpoint):
@@ -49,7 +42,6 @@ def test_plan_within_20_percent_of_measured_saved_tensors(case, checkpoint):
     assert 0.8 <= plan / measured <= 1.2, (plan, measured)
 
 
-@_C_PENDING
 def test_checkpointing_shrinks_the_plan_and_the_measurement():
     full, ckpt = (_config(*WIDE_2_LAYERS, f"model.checkpoint={value}") for value in (False, True))
     assert memory_plan(ckpt, 1).activations_bytes < 0.8 * memory_plan(full, 1).activations_bytes
@@ -57,9 +49,12 @@ def test_checkpointing_shrinks_the_plan_and_the_measurement():
 
 
 def test_checkpoint_share_as_internevo_reads_it():
-    assert [checkpointed_layers(value, 20) for value in (False, True, 0, 0.5, 0.51, 1.0)] == [0, 20, 0, 10, 11, 20]
-    with pytest.raises(UserError, match="model.checkpoint"):
-        checkpointed_layers(1.5, 20)
+    """InternEvo checkpoints layer i when i < num_layers * share; the plan counts those layers."""
+    shares = (False, True, 0, 0.5, 0.51, 1.0)
+    assert [memory_plan(_config(LLM1B, f"model.checkpoint={s}"), 8).checkpointed_layers for s in shares] == \
+        [0, 20, 0, 10, 11, 20]
+    with pytest.raises(UserError, match="checkpoint"):
+        memory_plan(_config(LLM1B, "model.checkpoint=1.5"), 8)
 
 
 def test_zero1_shards_fp32_master_and_moments():
