@@ -406,7 +406,8 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         grad_logits = torch.empty_like(logits)
         for start in range(0, logits.shape[0], ctx.chunk):
             rows = slice(start, start + ctx.chunk)
-            probs = (logits[rows].float() - lse[rows, None]).exp_()
+            # a copy even of fp32 logits, which the in-place steps must not touch: one fp32 chunk
+            probs = logits[rows].to(torch.float32, copy=True).sub_(lse[rows, None]).exp_()
             if smoothing:
                 probs.sub_(smoothing / vocab)
             probs.scatter_add_(1, targets[rows, None], torch.full_like(probs[:, :1], -(1 - smoothing)))

@@ -184,3 +184,27 @@ def test_packed_forward_reads_nothing_back_from_the_device(monkeypatch):
         chunked_cross_entropy(logits, ids).backward()
         with pytest.raises((RuntimeError, NotImplementedError)):
             model(ids, cu_seqlens=cu_seqlens)  # without max_seqlen it must read the longest document
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_model_equals_the_plain_autograd_model(monkeypatch, dtype, tol):
+    # The whole model (packed, checkpointing on) against itself with the previous RMSNorm and no
+    # checkpointing: the same logits, loss and parameter gradients.
+    ids, batch = packed_batch(48, TINY.vocab_size)
+
+    def run(cfg):
+        torch.manual_seed(0)
+        model = PanGuPi(cfg).to(dtype).train()
+        logits = model(ids, **batch)
+        loss = chunked_cross_entropy(logits, ids.roll(-1, dims=1))
+        loss.backward()
+        return logits.detach(), loss.detach(), {n: p.grad.float() for n, p in model.named_parameters()}
+
+    lean = run(TINY.replace(checkpoint=1.0))
+    monkeypatch.setattr(RMSNorm, "forward", lambda self, x: reference_rmsnorm(x, self.weight, self.eps))
+    plain = run(TINY)
+    torch.testing.assert_close(lean[0], plain[0], rtol=0, atol=0)
+    torch.testing.assert_close(lean[1], plain[1], rtol=0, atol=0)
+    for name, grad in lean[2].items():
+        scale = plain[2][name].abs().max().item() + 1e-12
+        torch.testing.assert_close(grad / scale, plain[2][name] / scale, rtol=tol, atol=tol, msg=name)
