@@ -1,21 +1,25 @@
-"""Training-step time of rethinktiny's PANGU_PI_PRO vs InternEvo's own LLAMA2 at the same shape.
+"""Model-only training-step time on CPU: rethinktiny's PANGU_PI_PRO vs InternEvo's own LLAMA2 at the same shape.
 
 Both models are built by InternEvo's registry in one process and trained on the same random
-batches (forward, backward, AdamW step); the median step time of each is measured in the same
-run and the ratio PANGU_PI_PRO / LLAMA2 printed (goal <= 1.0).
+batches (forward, backward, plain AdamW, no trainer); the median step time of each is measured in
+the same run and the ratio PANGU_PI_PRO / LLAMA2 printed (goal <= 1.0).
 
     python bench/train_step.py                       # CPU, small shape
-    python bench/train_step.py --device cuda --shape 1b --seq-len 2048 --dtype bfloat16
 
-On CUDA it also prints tokens/s and MFU (model FLOPs utilisation against --peak-tflops).
 LLAMA2 runs unpacked (InternEvo needs flash-attn for its packed path); PANGU_PI_PRO is timed both
 unpacked (same input as LLAMA2) and packed (InternEvo's packed batch, 4 documents a row).
+
+This is a CPU micro-benchmark of the two models' forward and backward only. The GPU comparison a
+user would make (both through InternEvo's trainer: mixed precision, its ZeRO optimizer, LLAMA2 with
+flash-attn on the same packed data, the config's micro-batch, peak memory against the plan) is
+bench/gpu_check.py; `--device cuda` here says so and stops.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
@@ -29,13 +33,12 @@ SHAPES = {
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", choices=sorted(SHAPES), default="small")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu (cuda: use bench/gpu_check.py)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100/H200: 989)")
     return p.parse_args()
 
 
@@ -49,36 +52,26 @@ def build(model_type: str, shape: dict, dtype: torch.dtype, use_flash_attn: bool
     return MODEL_INITIALIZER.get_module(model_type)(**entry).to(dtype)
 
 
-def time_steps(model, make_inputs, labels, steps: int, warmup: int, device: str) -> float:
+def time_steps(model, make_inputs, labels, steps: int, warmup: int) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     durations = []
     for i in range(warmup + steps):
-        if device == "cuda":
-            torch.cuda.synchronize()
         start = time.perf_counter()
         logits = model(**make_inputs())
         loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, -2), labels.flatten())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
         if i >= warmup:
             durations.append(time.perf_counter() - start)
     return statistics.median(durations)
 
 
-def train_flops_per_token(shape: dict, seq_len: int) -> float:
-    from rethinktiny.config import from_internevo
-
-    cfg = from_internevo({**shape, "no_bias": True})
-    matmul_params = cfg.non_embedding_params() + cfg.vocab_size * cfg.hidden_size  # + output head
-    attention = 2 * cfg.num_layers * seq_len * cfg.hidden_size  # QK^T and AV, causal half counted
-    return 6 * matmul_params + 6 * attention
-
-
 def main() -> None:
     args = parse_args()
+    if args.device != "cpu":
+        sys.exit("bench/train_step.py times the bare models on CPU; on a GPU run bench/gpu_check.py "
+                 "(InternEvo's trainer for both, LLAMA2 with flash-attn on the same packed data, peak memory)")
     from rethinktiny.internevo.local import launch_local
 
     dtype = getattr(torch, args.dtype)
@@ -97,16 +90,12 @@ def main() -> None:
                                             ("PANGU_PI_PRO packed", "PANGU_PI_PRO", lambda: packed, True)):
         model = build(model_type, shape, dtype, flash).to(device).train()
         target = labels if "packed" not in name else labels.reshape(1, -1)
-        results[name] = time_steps(model, inputs, target, args.steps, args.warmup, device)
+        results[name] = time_steps(model, inputs, target, args.steps, args.warmup)
         del model
     tokens = args.batch * args.seq_len
     print(f"shape {args.shape} ({shape}), seq {args.seq_len}, batch {args.batch}, {args.dtype} on {device}")
     for name, seconds in results.items():
-        line = f"  {name:<22} {seconds * 1000:9.1f} ms/step  {tokens / seconds:10,.0f} tokens/s"
-        if device == "cuda":
-            mfu = train_flops_per_token(shape, args.seq_len) * tokens / seconds / (args.peak_tflops * 1e12)
-            line += f"  MFU {100 * mfu:.1f}%"
-        print(line)
+        print(f"  {name:<22} {seconds * 1000:9.1f} ms/step  {tokens / seconds:10,.0f} tokens/s")
     base = results["LLAMA2 (InternEvo)"]
     print(f"ratio PANGU_PI_PRO / LLAMA2 step time: {results['PANGU_PI_PRO'] / base:.3f} (goal <= 1.0); "
           f"packed: {results['PANGU_PI_PRO packed'] / base:.3f}")
