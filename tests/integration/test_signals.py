@@ -38,6 +38,13 @@ def start_long_run(tmp_path: Path, train_folder: Path) -> tuple[subprocess.Popen
     return subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True), save
 
 
+def kill_run(proc: subprocess.Popen, save: Path) -> None:
+    """Leave no trainer behind when a test fails."""
+    proc.kill()
+    for pid in run_processes(str(save)):
+        os.kill(pid, signal.SIGKILL)
+
+
 def wait_for(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -62,7 +69,7 @@ def test_sigterm_stops_every_process_and_names_the_last_checkpoint(tmp_path, tok
         code = proc.wait(timeout=20)
         wait_for(lambda: not run_processes(str(save)), 10, "every process of the run to exit")
     finally:
-        proc.kill()
+        kill_run(proc, save)
     output = (tmp_path / "launcher.log").read_text()
     last = output.strip().splitlines()[-1]
     assert code != 0, output[-4000:]
@@ -79,8 +86,7 @@ def test_kill_9_of_the_launcher_takes_its_ranks_along(tmp_path, tokenized_sample
         proc.wait(timeout=10)
         wait_for(lambda: not run_processes(str(save)), 15, "torchrun and the ranks to exit after kill -9")
     finally:
-        for pid in run_processes(str(save)):  # leave no trainer behind on failure
-            os.kill(pid, signal.SIGKILL)
+        kill_run(proc, save)
     steps = sorted(int(p.name) for p in save.iterdir() if p.name.isdigit())
     time.sleep(2)
     assert sorted(int(p.name) for p in save.iterdir() if p.name.isdigit()) == steps  # nothing trains on
