@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from rethinktiny.demo import DEFAULT_TEACHER, EVALUATED, SCALES, STEPS
-from rethinktiny.demo_report import EVAL, EXPORT, INHERIT, RANDOM, RESAMPLE, ROUND1, ROUND2, TEACHER as TEACHER_STEP, VOCAB
+from rethinktiny.demo.pipeline import DEFAULT_TEACHER, EVALUATED, SCALES, STEPS
+from rethinktiny.demo.report import (EVAL, EXPORT, INHERIT, MULTIROUND, RANDOM, ROUND1_CKPT, ROUND2_CKPT, SELECTED,
+                                     TEACHER as TEACHER_STEP, VOCAB)
 
 from .helpers import REPO
 
@@ -76,13 +77,18 @@ def test_inherited_student_starts_below_random_init(demo_out):
     # better than guessing before any training (measured: 8.92 vs 9.68 at this scale, 8.66 at the demo's),
     # and a first training step well below the random init's (8.95 vs 9.76)
     assert before["loss"] < math.log(SMOKE.compact_vocab) - 0.5
-    assert _rows(demo_out / ROUND1 / "ckpt")[0]["loss"] < _rows(demo_out / RANDOM / "ckpt")[0]["loss"] - 0.5
+    assert _rows(demo_out / ROUND1_CKPT)[0]["loss"] < _rows(demo_out / RANDOM / "ckpt")[0]["loss"] - 0.5
 
 
 def test_resampled_round_trained_and_hf_and_gguf_exports_load(demo_out):
-    assert len(_rows(demo_out / ROUND2 / "ckpt")) == SMOKE.round_steps
+    assert len(_rows(demo_out / ROUND2_CKPT)) == SMOKE.round_steps
     assert len(_rows(demo_out / RANDOM / "ckpt")) == 2 * SMOKE.round_steps  # the same tokens
-    selected = json.loads((demo_out / RESAMPLE / "selected" / "manifest.json").read_text())
+    # the rounds are the library's: one `rethinktiny multiround` command, its summary of both rounds
+    commands = json.loads((demo_out / MULTIROUND / "manifest.json").read_text())["commands"]
+    assert [c["command"].split()[3] for c in commands if c["title"] == "multiround"] == ["multiround"]
+    rounds = json.loads((demo_out / MULTIROUND / "summary.json").read_text())
+    assert [r["round"] for r in rounds] == [1, 2] and [r["steps"] for r in rounds] == [SMOKE.round_steps] * 2
+    selected = json.loads((demo_out / SELECTED / "manifest.json").read_text())
     summary = selected["summary"]
     assert abs(summary["num_selected"] - summary["num_batches"] / 2) <= 0.5  # --ratio 0.5 of an odd count
     assert summary["num_selected"] >= SMOKE.round_steps  # round 2 trains on selected batches only

@@ -78,9 +78,9 @@ def test_train_bad_config_is_one_error_line(capsys):
 
 def test_demo_reads_only_the_sample_it_is_given(tmp_path):
     # the report module takes its inputs as arguments (no import back into the demo)
-    check = "import sys, rethinktiny.demo_report; sys.exit('rethinktiny.demo' in sys.modules)"
+    check = "import sys, rethinktiny.demo.report; sys.exit('rethinktiny.demo.pipeline' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", check], timeout=120, check=False).returncode == 0
-    from rethinktiny.demo import main as demo_main
+    from rethinktiny.demo.pipeline import main as demo_main
 
     with pytest.raises(SystemExit) as exit_info:
         demo_main(["--sample", str(tmp_path), "--out", str(tmp_path / "out")])

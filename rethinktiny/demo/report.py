@@ -7,15 +7,18 @@ from pathlib import Path
 
 from rethinktiny.artifacts import write_file_atomic
 
-# The demo's step folders below --out, in the order it runs them (rethinktiny/demo.py's STEPS).
-DATA, TEACHER, VOCAB, INHERIT, RANDOM, ROUND1, RESAMPLE, ROUND2, EXPORT, EVAL = (
-    "01_data", "02_teacher", "03_vocab", "04_inherit", "05_random", "06_round1", "07_resample", "08_round2",
-    "09_export", "10_eval")
+# The demo's step folders below --out, in the order it runs them (rethinktiny.demo.pipeline's STEPS).
+DATA, TEACHER, VOCAB, INHERIT, RANDOM, MULTIROUND, EXPORT, EVAL = (
+    "01_data", "02_teacher", "03_vocab", "04_inherit", "05_random", "06_multiround", "07_export", "08_eval")
+# What `rethinktiny multiround --work 06_multiround` leaves there: each round's checkpoints, and the
+# resampled batches (with the scores' manifest.json and losses.png) that round 2 trains on.
+ROUND1_CKPT, ROUND2_CKPT, SELECTED = (f"{MULTIROUND}/round1/ckpt", f"{MULTIROUND}/round2/ckpt",
+                                      f"{MULTIROUND}/round2/data")
 
 # (label, [round folders whose train_metrics.jsonl follow each other])
 CURVES = [
     ("random init", [f"{RANDOM}/ckpt"]),
-    ("inherited + multi-round", [f"{ROUND1}/ckpt", f"{ROUND2}/ckpt"]),
+    ("inherited + multi-round", [ROUND1_CKPT, ROUND2_CKPT]),
 ]
 
 
@@ -149,6 +152,16 @@ def _prune_summary(report: dict) -> list[str]:
     return lines
 
 
+def _rounds_table(out: Path) -> list[str]:
+    """multiround's own per-round table, from the summary.json it wrote."""
+    from rethinktiny.resample.multiround import RoundResult, summary_table
+
+    summary = out / MULTIROUND / "summary.json"
+    if not summary.exists():
+        return ["(no multiround summary)"]
+    return [summary_table([RoundResult(**row) for row in json.loads(summary.read_text())])]
+
+
 def write_report(out: Path, scale, evaluated: list[tuple[str, str]], exported: list[tuple[str, str]],
                  teacher: str, seconds: dict[str, float]) -> Path:
     """Write `out/report.md` (and its PNGs next to it) from the finished steps.
@@ -165,7 +178,7 @@ def write_report(out: Path, scale, evaluated: list[tuple[str, str]], exported: l
     before = _json(out / EVAL / "eval_0.json")
     plot_loss_curves(out, out / "loss_curves.png", before.get("loss"))
     prune_report = _json(out / VOCAB / "tokenizer" / "report.json")
-    resample_manifest = _json(out / RESAMPLE / "selected" / "manifest.json")
+    resample_manifest = _json(out / SELECTED / "manifest.json")
     importance_png = out / INHERIT / "student" / "layer_importance.png"
     gguf = _json(out / EXPORT / "gguf" / "manifest.json")
     coverage_pngs = [p for p in (f"{VOCAB}/coverage_original.png", f"{VOCAB}/coverage_compact.png") if (out / p).exists()]
@@ -208,13 +221,19 @@ def write_report(out: Path, scale, evaluated: list[tuple[str, str]], exported: l
         "",
         *(["| original | compact |", "|---|---|", "| " + " | ".join(f"![{p}]({p})" for p in coverage_pngs) + " |", ""]
           if coverage_pngs else []),
-        "## Multi-round training (`rethinktiny resample`)",
+        "## Multi-round training (`rethinktiny multiround`)",
+        "",
+        "```",
+        *_rounds_table(out),
+        "```",
+        "",
+        "Round 2's draw (`rethinktiny resample`, run by multiround):",
         "",
         "```json",
         json.dumps(resample_manifest.get("summary", {}), indent=2, ensure_ascii=False)[:1500],
         "```",
         "",
-        f"![losses of all and selected batches]({RESAMPLE}/selected/losses.png)",
+        f"![losses of all and selected batches]({SELECTED}/losses.png)",
         "",
         "## Exports",
         "",
