@@ -153,6 +153,21 @@ def test_checkpoint_share_recomputes_the_first_layers_in_training_only():
     assert calls == [3, 3, 2, 2]
 
 
+def test_model_checkpoint_entry_reaches_the_config_and_back():
+    from rethinktiny.config import from_internevo, to_internevo
+    from rethinktiny.errors import UserError
+
+    entry = to_internevo(TINY)
+    assert "checkpoint" not in entry and from_internevo(entry).checkpoint == 0
+    for value, share in ((True, 1.0), (False, 0.0), (1, 1.0), (0.25, 0.25)):
+        cfg = from_internevo({**entry, "checkpoint": value})
+        assert cfg.checkpoint == share and from_internevo(to_internevo(cfg)).checkpoint == share
+    assert "checkpoint" not in TINY.replace(checkpoint=1.0).to_dict()  # not part of a saved model
+    for bad in (1.5, -0.1, "yes"):
+        with pytest.raises(UserError, match="checkpoint must be True, False or a share of layers"):
+            from_internevo({**entry, "checkpoint": bad})
+
+
 def test_lean_block_saves_at_most_the_documented_bytes():
     # 2-layer 1792-wide shape at 64 tokens in bf16: per block, about 40 bytes per token and width
     # unit (38 rows + 2 for the per-document output; the plain-autograd norms made it 52).
