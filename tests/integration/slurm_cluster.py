@@ -104,9 +104,10 @@ class LocalSlurm:
         path = self.root / f"{name}.log"
         return path.read_text()[-4000:] if path.exists() else "(no log)"
 
-    def sbatch(self, script: Path, *args: str, cwd: Path, env: dict | None = None) -> int:
+    def sbatch(self, script: Path, *args: str, cwd: Path, env: dict | None = None, options: tuple[str, ...] = ()) -> int:
+        """Submit `script` with `args`; `options` are sbatch's own (they override the #SBATCH lines)."""
         result = subprocess.run(["sbatch", "--parsable", f"--chdir={cwd}", f"--output={self.root}/job-%j.out",
-                                 str(script), *args], capture_output=True, text=True, check=True,
+                                 *options, str(script), *args], capture_output=True, text=True, check=True,
                                 env={**self.env, **(env or {})}, cwd=cwd)
         return int(result.stdout.strip().split(";")[0])
 
