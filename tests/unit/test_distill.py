@@ -188,3 +188,18 @@ def test_section_with_a_matching_token_map_passes(tmp_path):
     bad.write_text(json.dumps(list(range(16))))
     with pytest.raises(UserError, match="16 entries but the target vocab_size is 32"):
         check_distill_section(_config(teacher=str(tmp_path / "t"), token_map=str(bad)))
+
+
+def test_config_export_writes_a_distill_section_the_check_reads(tmp_path):
+    from rethinktiny.config import get_preset
+    from rethinktiny.configfiles.export import TrainOptions, export_config
+    from rethinktiny.configfiles.load import load_config_file
+
+    _teacher(tmp_path / "t")
+    path = export_config(tmp_path / "c.py", cfg=get_preset("tiny").replace(vocab_size=32),
+                         opts=TrainOptions(cpu_ranks=2, distill=str(tmp_path / "t"),
+                                           token_map=str(_token_map(tmp_path / "m.json"))))
+    raw = load_config_file(path)
+    spec = check_distill_section(raw)
+    assert (spec.teacher, spec.token_map, spec.kd_weight, spec.ce_weight) == (str(tmp_path / "t"),
+                                                                             str(tmp_path / "m.json"), 1.0, 0.0)
