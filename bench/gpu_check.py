@@ -55,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU (default by name)")
     p.add_argument("--out", default=None, help="work folder (default: a temporary one, removed at the end)")
     p.add_argument("--stage-timeout", type=float, default=240, help="seconds one training stage may take")
+    p.add_argument("--budget", type=float, default=570,
+                   help="seconds for the whole check; a stage gets what is left (default: under 10 minutes)")
     p.add_argument("--rank-stage", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -228,7 +230,8 @@ def run_rank_stage(config: Path, log: Path, timeout: float) -> tuple[int, str, i
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
         code, output = result.returncode, result.stdout + result.stderr
     except subprocess.TimeoutExpired as err:
-        code, output = 124, f"{(err.stdout or b'').decode(errors='replace')}\ntimed out after {timeout:.0f} s"
+        partial = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
+        code, output = 124, f"{partial}\ntimed out after {timeout:.0f} s"
     log.write_text(output)
     peak = [int(line.split()[-1]) for line in output.splitlines() if line.startswith(MEMORY_TAG)]
     return code, output[-3000:], (peak[-1] if peak else None)
@@ -266,6 +269,14 @@ class Stages:
         self.data = work / "data"
         self.save = work / "ckpt"
         self.ours_rate: float | None = None
+        self.deadline = time.time() + args.budget
+
+    def timeout(self) -> float:
+        """A stage's limit: --stage-timeout, or less when the --budget is nearly spent."""
+        left = self.deadline - time.time()
+        if left < 20:
+            raise TimeoutError(f"skipped: {left:.0f} s of the --budget left")
+        return min(self.args.stage_timeout, left)
 
     def prepare(self, table: Table) -> None:
         from rethinktiny.config import from_internevo
@@ -281,7 +292,7 @@ class Stages:
 
         config = write_config(stage_config(self.raw, self.data, self.save, self.args.steps, False), self.work / "ours.py")
         start = time.time()
-        code, output, peak = run_rank_stage(config, self.work / "ours.log", self.args.stage_timeout)
+        code, output, peak = run_rank_stage(config, self.work / "ours.log", self.timeout())
         rows = _metrics(self.save)
         if code != 0 or len(rows) < self.args.steps:
             raise _failed(output, code)
@@ -317,7 +328,7 @@ class Stages:
         if not (self.save / str(steps) / "model_tp0_pp0.pt").is_file():
             raise RuntimeError(f"no step folder {self.save / str(steps)} from the training stage")
         config = write_config(stage_config(self.raw, self.data, self.save, steps + 2, True), self.work / "resume.py")
-        code, output, _ = run_rank_stage(config, self.work / "resume.log", self.args.stage_timeout)
+        code, output, _ = run_rank_stage(config, self.work / "resume.log", self.timeout())
         new = [r["step"] for r in _metrics(self.save)][steps:]
         if code != 0 or new[:1] != [steps + 1]:
             raise _failed(output, code) if code else RuntimeError(f"resumed steps {new}, expected {steps + 1} first")
@@ -336,7 +347,7 @@ class Stages:
         raw["ckpt"]["enable_save_ckpt"] = False
         raw["data"]["use_packed_dataset"] = flash  # InternEvo ties the two; without flash-attn: rows of a batch
         code, output, _ = run_rank_stage(write_config(raw, self.work / "llama2.py"), self.work / "llama2.log",
-                                         self.args.stage_timeout)
+                                         self.timeout())
         # the per-step figures of our StepLog: its metrics file, else its printed lines
         rates = [r["tokens_per_s"] for r in _metrics(save)]
         printed = (self.work / "llama2.log").read_text()
@@ -354,7 +365,7 @@ class Stages:
         command = [sys.executable, "-m", "rethinktiny", "resample", "--config", str(config), "--ckpt",
                    str(self.save / str(steps)), "--data", str(self.data), "--dst", str(self.work / "resample"),
                    "--ratio", "0.5", "--selection-only", "--nproc-per-node", "1", "--no-progress", "--force"]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=self.args.stage_timeout, cwd=REPO)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=self.timeout(), cwd=REPO)
         rates = [float(m.group(2)) for m in RATE_RE.finditer(result.stdout + result.stderr)]
         if result.returncode != 0 or not rates:
             raise _failed(result.stdout + result.stderr, result.returncode)
