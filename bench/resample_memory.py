@@ -150,7 +150,9 @@ result = resample_data({str(CONFIG)!r}, {str(ckpt)!r}, {str(dst)!r}, data={str(d
 print(json.dumps({{**_peak(), "batches": result.num_batches, "scored": result.num_scored}}))
 """, REPO)
     ranks = {int(m.group(1)): int(m.group(2)) for m in RANK_RE.finditer(out)}
-    return {"parent": last_json(out), "parent_s": seconds, "rank": {"VmHWM": ranks[0]}, "ranks": ranks}
+    if not ranks:  # two ranks finishing at once can interleave their lines; one clean line is enough
+        sys.exit(f"no rank printed its peak RSS:\n{out[-3000:]}")
+    return {"parent": last_json(out), "parent_s": seconds, "rank": {"VmHWM": max(ranks.values())}, "ranks": ranks}
 
 
 def measure_floor(overrides: list[str], ckpt: Path) -> dict:
