@@ -221,7 +221,7 @@ def check_fits(plan: MemoryPlan, device_bytes: int | None, force: bool = False) 
     Args:
         plan: `memory_plan(...)`.
         device_bytes: total memory of one visible GPU (None: no GPU, nothing to check).
-        force: only warn-free pass-through: the caller asked to start anyway (`--ignore-memory-plan`).
+        force: the user asked to start anyway (`--ignore-memory-plan`): nothing is checked.
     """
     if device_bytes is None or force or plan.total_bytes <= usable_bytes(device_bytes):
         return
