@@ -1,8 +1,11 @@
 """Per-GPU memory plan of a training config, and a CPU measurement that checks it.
 
-The plan counts what one data-parallel rank holds at the peak of a training step (the end of the
-last micro-batch's forward, when every saved activation is alive and the gradients of the earlier
-micro-batches are already accumulated):
+The plan counts what one data-parallel rank holds at the peak of a training step: the start of the
+last micro-batch's backward, when every saved activation, the loss's logits and their gradient are
+alive and the earlier micro-batches' gradients are accumulated. (The optimizer step's transients,
+the flattened shard gradients and their fp32 copy, come after the activations are freed; the
+gradient-reduce buckets fill during backward, after the logits are gone; both are left to the
+device headroom `check_fits` keeps.) By part:
 
 - parameters in the training dtype (InternEvo's NaiveAMPModel casts the whole model);
 - gradients of all parameters in that dtype: ZeRO-1 shards the optimizer, not the gradients, and
