@@ -13,7 +13,8 @@ import sys
 from types import ModuleType
 from typing import Callable
 
-from rethinktiny.cli import arch, config, convert, data, distill, evaluate, inherit, multiround, resample, train, vocab
+from rethinktiny.cli import (arch, config, convert, data, demo, distill, evaluate, inherit, multiround, resample, train,
+                             vocab)
 from rethinktiny.errors import UserError
 
 # name -> (module with `configure(parser)`, one-line help)
@@ -29,6 +30,7 @@ COMMANDS: dict[str, tuple[ModuleType, str]] = {
     "config": (config, "write InternEvo config files for presets"),
     "train": (train, "launch InternEvo training (same as start_finetune.py)"),
     "distill": (distill, "teacher cache for distillation (distill=dict(cache=...) in the config)"),
+    "demo": (demo, "`make demo`: the whole recipe on a real teacher and a small corpus, CPU"),
 }
 
 

@@ -1,7 +1,7 @@
-"""python -m rethinktiny.demo: see `rethinktiny.demo.pipeline`."""
+"""python -m rethinktiny.demo [flags]: `rethinktiny demo run [flags]` (see `rethinktiny.demo.pipeline`)."""
 
 import sys
 
-from rethinktiny.demo.pipeline import main
+from rethinktiny.cli import main
 
-sys.exit(main())
+sys.exit(main(["demo", "run", *sys.argv[1:]]))

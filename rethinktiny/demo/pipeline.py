@@ -1,7 +1,7 @@
 """`make demo`: the paper's whole recipe on a real pretrained teacher, through the commands a cluster user runs.
 
     python -m rethinktiny.demo [--sample data/sample] [--out outputs/demo] [--scale demo|smoke]
-                               [--teacher HF_FOLDER|self] [--force]
+                               [--teacher HF_FOLDER|self] [--force]      (= rethinktiny demo run ...)
 
 --teacher is a Hugging Face LLaMA-family folder (default ~/.cache/rethinktiny/smollm2-135m:
 SmolLM2-135M-Instruct, which `make demo` builds once with tools/make_real_teacher.py from the
@@ -32,7 +32,6 @@ Every student variant trains the same number of tokens at the same learning rate
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -229,8 +228,8 @@ def step_teacher(demo: Demo, d: Path) -> None:
         demo.eval(d, "teacher", d / "ckpt", demo.teacher_tokenizer, d / "eval.json")
         return
     demo.eval(d, "teacher", demo.teacher, demo.teacher, d / "eval.json")
-    demo.run(d, "teacher greedy samples", [sys.executable, "-m", "rethinktiny.demo.samples", "--new-tokens",
-                                            demo.scale.sample_tokens, d / "samples.json", "teacher", demo.teacher])
+    demo.cli(d, "teacher greedy samples", "demo", "samples", "--new-tokens", demo.scale.sample_tokens,
+             d / "samples.json", "teacher", demo.teacher)
 
 
 def step_vocab(demo: Demo, d: Path) -> None:
@@ -309,9 +308,8 @@ def step_export(demo: Demo, d: Path) -> None:
              "--tokenizer", tokenizer, "--outtype", "f16")
     # The GGUF file read back by transformers (dequantized), with the HF export's tokenizer.
     models += [f"{EXPORTED[0][0]} (GGUF f16)", f"{d / 'gguf' / 'model.gguf'}::{d / 'hf_0'}"]
-    demo.run(d, "greedy samples with transformers", [sys.executable, "-m", "rethinktiny.demo.samples",
-                                                      "--new-tokens", demo.scale.sample_tokens, d / "samples.json",
-                                                      *models])
+    demo.cli(d, "greedy samples with transformers", "demo", "samples", "--new-tokens", demo.scale.sample_tokens,
+             d / "samples.json", *models)
 
 
 # (label, checkpoint folder below --out) of the students the eval step scores; the teacher's score
@@ -343,27 +341,28 @@ def teacher_folder(value: str) -> Path | None:
     return folder
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sample", type=Path, default=Path("data/sample"),
-                        help="folder with train.jsonl and valid.jsonl (default: data/sample of the current folder)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
-    parser.add_argument("--scale", choices=sorted(SCALES), default="demo")
-    parser.add_argument("--teacher", default=str(DEFAULT_TEACHER),
-                        help=f"HF teacher folder (default {DEFAULT_TEACHER}), or 'self' to train a miniature one")
-    parser.add_argument("--force", action="store_true", help="redo finished steps")
-    args = parser.parse_args(argv)
-    missing = [name for name in ("train.jsonl", "valid.jsonl") if not (args.sample / name).is_file()]
+def run_demo(sample: Path, out: Path, scale: str = "demo", teacher: str = str(DEFAULT_TEACHER),
+             force: bool = False) -> int:
+    """Run every step (reusing finished ones) and write `out/report.md`; 1 when a step failed.
+
+    Args:
+        sample: folder with train.jsonl and valid.jsonl.
+        out: output folder, one sub-folder per step.
+        scale: a key of `SCALES`.
+        teacher: HF teacher folder, or "self" to train a miniature one.
+        force: redo finished steps.
+    """
+    missing = [name for name in ("train.jsonl", "valid.jsonl") if not (Path(sample) / name).is_file()]
     if missing:
-        parser.error(f"--sample {args.sample}: no {' or '.join(missing)} there (pass the folder of the demo's corpus)")
+        raise UserError(f"--sample {sample}: no {' or '.join(missing)} there (pass the folder of the demo's corpus)")
     started = time.time()
     try:
-        teacher = teacher_folder(args.teacher)
-        demo = Demo(args.out.resolve(), args.sample.resolve(), SCALES[args.scale], args.force, teacher)
+        teacher_dir = teacher_folder(teacher)
+        demo = Demo(Path(out).resolve(), Path(sample).resolve(), SCALES[scale], force, teacher_dir)
         _check_same_teacher(demo)
         for name, body in STEPS:
             demo.step(name, lambda d, body=body: body(demo, d))
-        report = write_report(demo.out, demo.scale, EVALUATED, EXPORTED, teacher=str(teacher or "self"),
+        report = write_report(demo.out, demo.scale, EVALUATED, EXPORTED, teacher=str(teacher_dir or "self"),
                               seconds=_step_seconds(demo.out))
     except (StepFailed, UserError) as err:
         print(f"\n[demo] failed: {err}", file=sys.stderr)
@@ -389,6 +388,3 @@ def _step_seconds(out: Path) -> dict[str, float]:
             seconds[name] = json.loads(manifest.read_text()).get("seconds", 0.0)
     return seconds
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Greedy samples for `make demo`: every model gets the same prompts through transformers.
 
-    python -m rethinktiny.demo.samples [--new-tokens N] OUT.json LABEL MODEL [LABEL MODEL ...]
+    rethinktiny demo samples [--new-tokens N] OUT.json LABEL MODEL [LABEL MODEL ...]
 
 MODEL is a Hugging Face folder, or `FILE.gguf::TOKENIZER_FOLDER` for a GGUF file that
 transformers dequantizes (read with the tokenizer of the matching HF export).
@@ -8,8 +8,6 @@ transformers dequantizes (read with the tokenizer of the matching HF export).
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 from rethinktiny.artifacts import write_json
@@ -39,24 +37,19 @@ def greedy(tokenizer, model, prompt: str, new_tokens: int = NEW_TOKENS) -> str:
     return tokenizer.decode(out[0][ids.shape[1]:], skip_special_tokens=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS,
-                        help=f"greedy tokens per prompt (default {NEW_TOKENS})")
-    parser.add_argument("out", type=Path, help="samples JSON to write")
-    parser.add_argument("models", nargs="+", metavar="LABEL MODEL", help="label and model of each column")
-    args = parser.parse_args(argv)
-    if len(args.models) % 2:
-        parser.error("models come as LABEL MODEL pairs")
-    samples = {"prompts": PROMPTS, "new_tokens": args.new_tokens, "models": {}}
-    for label, where in zip(args.models[::2], args.models[1::2]):
+def write_samples(out: Path, models: list[tuple[str, str]], new_tokens: int = NEW_TOKENS) -> dict:
+    """Greedy continuations of `PROMPTS` by every (label, model) pair, written to the JSON file `out`.
+
+    Args:
+        out: the samples JSON to write.
+        models: (column label, model) pairs; a model is an HF folder or `FILE.gguf::TOKENIZER_FOLDER`.
+        new_tokens: greedy tokens per prompt.
+    """
+    samples = {"prompts": PROMPTS, "new_tokens": new_tokens, "models": {}}
+    for label, where in models:
         tokenizer, model = load(where)
-        samples["models"][label] = [greedy(tokenizer, model, prompt, args.new_tokens) for prompt in PROMPTS]
+        samples["models"][label] = [greedy(tokenizer, model, prompt, new_tokens) for prompt in PROMPTS]
         for prompt, text in zip(PROMPTS, samples["models"][label]):
             print(f"{label}: {prompt!r} -> {text!r}", flush=True)
-    write_json(args.out, samples)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    write_json(out, samples)
+    return samples
