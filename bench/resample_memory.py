@@ -100,7 +100,7 @@ def old_package(rev: str, dst: Path) -> Path:
 def measure_old(old: Path, data: Path, overrides: list[str], ckpt: Path, work: Path, batches: int) -> dict:
     setup = f"""
 import json, re, sys
-from rethinktiny.resample.run import read_training_config
+from rethinktiny.resample.run import read_training_config  # the old package's name
 from rethinktiny.resample.spec import spec_from_data_config
 cfg = read_training_config({str(CONFIG)!r}, {overrides!r})
 spec = spec_from_data_config(cfg.data)
@@ -159,9 +159,9 @@ def measure_floor(overrides: list[str], ckpt: Path) -> dict:
     out, _ = run_python(f"""
 import json, re
 from rethinktiny.checkpoint import load_model
-from rethinktiny.resample.run import read_training_config
+from rethinktiny.resample.run import read_config
 {PEAK}
-cfg = read_training_config({str(CONFIG)!r}, {overrides!r})
+cfg = read_config({str(CONFIG)!r}, {overrides!r})
 model = load_model({str(ckpt)!r}, cfg.model, cfg.dtype)
 print(json.dumps(_peak()))
 """, REPO)
@@ -183,12 +183,12 @@ def main() -> None:
 
     from rethinktiny.checkpoint import save_model_only
     from rethinktiny.model import PanGuPi
-    from rethinktiny.resample.run import read_training_config
+    from rethinktiny.resample.run import read_config
 
     work = args.work
     overrides = ["data.seq_len=64", "data.micro_bsz=1", "data.micro_num=1", "data.min_length=0",
                  f"data.train_folder='{work / 'corpus'}'"]
-    cfg = read_training_config(CONFIG, overrides)
+    cfg = read_config(CONFIG, overrides)
     corpus = make_corpus(work / "corpus", args.documents, args.files, cfg.model.vocab_size)
     print(f"corpus: {(corpus / 'done').read_text().strip()}", flush=True)
     ckpt = work / "ckpt"

@@ -84,12 +84,12 @@ def score(args, data: Path, ckpt: Path, dst: Path, nproc: int) -> tuple[float, f
 def in_process(args, data: Path, ckpt: Path, rows: int) -> tuple[float, float]:
     """(forward-only tokens/s, training-step tokens/s) on the same packed rows, one process."""
     from rethinktiny.resample.batches import PackedCorpus, RowReader
-    from rethinktiny.resample.run import read_training_config
+    from rethinktiny.resample.run import read_config
     from rethinktiny.checkpoint import load_model
     from rethinktiny.resample.scoring import row_loss
     from rethinktiny.resample.spec import spec_from_data_config
 
-    cfg = read_training_config(args.config)
+    cfg = read_config(args.config)
     corpus = PackedCorpus(data, spec_from_data_config(cfg.data))
     with RowReader(corpus) as reader:
         packed = [reader.row(i) for i in range(min(rows, corpus.num_rows))]
@@ -133,13 +133,13 @@ def main() -> None:
 
     from rethinktiny.configfiles.training import TrainingConfig
     from rethinktiny.launch import LaunchOptions
-    from rethinktiny.resample.run import read_training_config
+    from rethinktiny.resample.run import read_config
 
     hint = TrainingConfig.from_file(args.config).nproc_hint
     nproc = LaunchOptions.from_env(nproc_per_node=args.nproc_per_node).resolve(hint).nproc_per_node
     work = REPO / args.work
     shutil.rmtree(work, ignore_errors=True)
-    source = Path(args.data or read_training_config(args.config).data["train_folder"])
+    source = Path(args.data or read_config(args.config).data["train_folder"])
     data = slice_data(source, work / "data", args.tokens_per_file)
     train_rates, score_rates = [], []
     for repeat in range(args.repeats):  # alternate, so load changes on a shared machine hit both

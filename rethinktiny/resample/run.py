@@ -21,14 +21,14 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from rethinktiny.artifacts import check_writable, output_dir, write_manifest
 from rethinktiny.checkpoint import open_model_checkpoint
-from rethinktiny.config import ModelConfig, from_internevo
-from rethinktiny.dtypes import dtype_name
+from rethinktiny.config import ModelConfig
+from rethinktiny.configfiles.training import TrainingConfig
 from rethinktiny.errors import UserError
 from rethinktiny.launch import WORKER_MODULE, LaunchOptions, is_writer_node, rank_command, run_ranks
 from rethinktiny.resample.batches import PackedCorpus, count_batches, raise_no_batch, scan_files, write_index
@@ -41,40 +41,14 @@ from rethinktiny.resample.writer import write_scores_and_selection, write_select
 REFERENCE_DIR = "reference"  # the reference model's scores, inside the scores folder
 
 
-@dataclass
-class TrainingConfig:
-    """The parts of an InternEvo config that decide batches and scores."""
-
-    path: Path
-    model: ModelConfig
-    data: dict[str, Any]
-    dtype: str
-    label_smoothing: float
-    nproc_hint: int | None = None  # the config's launch=dict(nproc_per_node=...)
-
-
-def read_training_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> TrainingConfig:
-    """Load an InternEvo config file (with `--set` overrides applied) for scoring.
-
-    Args:
-        path: InternEvo Python config file.
-        overrides: `KEY=VALUE` items, as `start_finetune.py --set` takes them.
-    """
-    from rethinktiny.configfiles.load import apply_overrides, load_config_file
-
-    config = load_config_file(path)
-    apply_overrides(config, list(overrides))
-    for key in ("model", "data"):
-        if not isinstance(config.get(key), dict):
-            raise UserError(f"{path}: no {key}=dict(...) entry")
-    model = from_internevo(dict(config["model"]), source=f"{path}: model")
-    # InternEvo's default is fp16
-    dtype = dtype_name(config["model"].get("dtype", "torch.float16"), flag=f"{path}: model.dtype", tf32=True)
-    loss = config.get("loss") or {}
-    hint = config.get("launch") or {}
-    nproc = int(hint["nproc_per_node"]) if isinstance(hint, dict) and "nproc_per_node" in hint else None
-    return TrainingConfig(Path(path), model, dict(config["data"]), dtype, float(loss.get("label_smoothing", 0) or 0),
-                          nproc)
+def read_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> TrainingConfig:
+    """The training config (`TrainingConfig.from_file`, `--set` applied, checked); its model must be
+    one of ours, which scoring rebuilds. The data folder is checked by the caller (`--data`)."""
+    cfg = TrainingConfig.from_file(path, overrides, check_data=False)
+    if cfg.model is None:
+        raise UserError(f"{path}: model_type {cfg.model_type!r} is InternEvo's own; resample scores with "
+                        f"rethinktiny's model types only")
+    return cfg
 
 
 @dataclass
@@ -230,7 +204,7 @@ def resample_data(config: str | os.PathLike, ckpt: str | os.PathLike, dst: str |
     dst = check_writable(dst, force) if writer else Path(dst)
     check_temperature(temperature)  # bad flags fail before any work
     check_floor(floor)
-    cfg = read_training_config(config, overrides)
+    cfg = read_config(config, overrides)
     data = data if data is not None else cfg.data.get("train_folder")
     if not data:
         raise UserError(f"{config}: no data.train_folder; pass --data")

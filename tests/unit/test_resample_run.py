@@ -13,7 +13,7 @@ from rethinktiny.data.tokenized import BinWriter, iter_documents
 from rethinktiny.errors import UserError
 from rethinktiny.launch import LaunchOptions
 from rethinktiny.resample.batches import PackedCorpus, RowReader, batch_rows, write_index
-from rethinktiny.resample.run import make_score_plan, read_training_config, resample_data
+from rethinktiny.resample.run import make_score_plan, read_config, resample_data
 from rethinktiny.resample.sampling import DEFAULT_FLOOR, excess_losses, resample, scored_subset, seeded_generator
 from rethinktiny.resample.scorefiles import prepare_folder, score_files
 from rethinktiny.resample.spec import spec_from_data_config
@@ -47,7 +47,7 @@ def first_run(setup):
 
 
 def test_config_model_is_the_checkpoint_model(setup):
-    assert read_training_config(setup["config"]).model == model_config()
+    assert read_config(setup["config"]).model == model_config()
 
 
 def test_same_seed_gives_byte_identical_folders(setup, first_run):
@@ -78,7 +78,7 @@ def test_output_records_scores_selection_and_manifest(setup, first_run):
 
 def test_output_is_the_chosen_rows_and_internevo_reads_it(internevo_single_rank, setup, first_run):  # noqa: F811
     _, dst = first_run
-    spec = spec_from_data_config(read_training_config(setup["config"]).data)
+    spec = spec_from_data_config(read_config(setup["config"]).data)
     corpus = PackedCorpus(setup["data"], spec)
     chosen = batch_rows(corpus.num_rows, spec)[np.load(dst / "selected.npy")].reshape(-1)
     # InternEvo's own loader packs the copy into exactly the chosen number of rows
@@ -94,7 +94,7 @@ def test_output_is_the_chosen_rows_and_internevo_reads_it(internevo_single_rank,
 
 def test_interrupted_scoring_continues_where_it_stopped(setup, first_run):
     _, dst_a = first_run
-    cfg = read_training_config(setup["config"])
+    cfg = read_config(setup["config"])
     scores = setup["root"] / "scores_resume"
     corpus = write_index(setup["data"], spec_from_data_config(cfg.data), scores / "index")
     num_batches = len(batch_rows(corpus.num_rows, corpus.spec))
@@ -118,7 +118,7 @@ def _without_versions(folder):
 
 
 def test_resumed_attempt_scores_only_the_rest(setup):
-    cfg = read_training_config(setup["config"])
+    cfg = read_config(setup["config"])
     scores = setup["root"] / "scores_count"
     corpus = write_index(setup["data"], spec_from_data_config(cfg.data), scores / "index")
     num_batches = len(batch_rows(corpus.num_rows, corpus.spec))
@@ -133,7 +133,7 @@ def test_resumed_attempt_scores_only_the_rest(setup):
 def test_scores_of_another_checkpoint_are_never_mixed(setup):
     scores = setup["root"] / "scores_other"
     _run(setup, setup["root"] / "out_d", scores_dir=scores)  # finished: folder removed
-    cfg = read_training_config(setup["config"])
+    cfg = read_config(setup["config"])
     corpus = write_index(setup["data"], spec_from_data_config(cfg.data), scores / "index")
     checkpoint, _ = open_model_checkpoint(setup["ckpt"], cfg.model)
     prepare_folder(make_score_plan(cfg, corpus, 3, checkpoint.folder, scores), restart=False)  # a stale plan
@@ -241,7 +241,7 @@ def test_reference_draws_by_excess_loss_with_a_floor(setup):
 def test_tf32_config_scores_in_float32(setup, first_run):
     _, full = first_run
     config = write_config(setup["root"] / "config_tf32.py", setup["data"], extra="model.update(dtype='torch.tf32')")
-    assert read_training_config(config).dtype == "tf32"
+    assert read_config(config).dtype == "tf32"
     dst = setup["root"] / "tf32"
     resample_data(config, setup["ckpt"], dst, ratio=0.5, max_batches=3, launch=ONE_RANK, progress=False,
                   copy_data=False)
@@ -251,7 +251,7 @@ def test_tf32_config_scores_in_float32(setup, first_run):
 
 def test_copy_resumes_after_a_crash_without_rewriting_finished_files(setup, first_run, monkeypatch):
     _, full = first_run
-    cfg = read_training_config(setup["config"])
+    cfg = read_config(setup["config"])
     corpus = write_index(setup["data"], spec_from_data_config(cfg.data), setup["root"] / "copy_index")
     selected = np.load(full / "selected.npy")
     parts, out = setup["root"] / "copy_parts", setup["root"] / "copy_out"

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 from rethinktiny.errors import UserError
 from rethinktiny.resample.batches import PackedCorpus, RowReader, batch_rows
 from rethinktiny.launch import LaunchOptions
-from rethinktiny.resample.run import read_training_config, resample_data
+from rethinktiny.resample.run import read_config, resample_data
 from rethinktiny.resample.selection import RoundSchedule, SelectedBatches
 from rethinktiny.resample.spec import spec_from_data_config
 
@@ -28,7 +28,7 @@ def setup(tmp_path_factory, tokenized_sample):
         resample_data(config, ckpt, dst, ratio=0.4, batch_ranks=ranks, copy_data=False,
                       launch=LaunchOptions(nproc_per_node=1), progress=False)
         results[ranks] = SelectedBatches.load(dst / "selected.npy")
-    spec = spec_from_data_config(read_training_config(config).data)
+    spec = spec_from_data_config(read_config(config).data)
     return {"root": root, "data": data, "config": config, "selection": results, "corpus": PackedCorpus(data, spec)}
 
 
