@@ -8,8 +8,8 @@ says so; a failing check is a FAILED row with its last error line, never a crash
 1. versions: torch, CUDA, GPU, flash-attn, InternEvo; the packed-attention path
    (`rethinktiny.model.attention_path`);
 2. parity of that path (flash-attn varlen on a GPU that has it) with torch SDPA at the 1B Pro
-   width in bf16: the same documents once packed into one row, once as rows of a batch; logits and
-   three weight gradients;
+   width in bf16: documents of different lengths packed into one row against each one alone;
+   logits and three weight gradients;
 3. our trainer (InternEvo, one rank) on the config for --steps steps on random tokenized data:
    tokens/s (median after warm-up), MFU, `torch.cuda.max_memory_allocated` against
    `rethinktiny arch memory`'s plan;
@@ -119,8 +119,9 @@ def versions(table: Table, device: str) -> None:
 # ---- 2. packed attention vs SDPA ---------------------------------------------------------------------
 
 def parity(table: Table, device: str, dry_run: bool) -> None:
-    """The same documents packed into one row (the model's packed path) and as rows of a batch
-    (causal SDPA per row): logits and weight gradients agree to bf16 precision."""
+    """Documents of different lengths packed into one row (the model's packed path) against each
+    document alone as a batch of one (causal SDPA): logits and weight gradients agree to bf16
+    precision, so attention neither crosses a boundary nor loses positions inside a document."""
     import torch
 
     from rethinktiny.arch.measure import random_model
@@ -128,30 +129,35 @@ def parity(table: Table, device: str, dry_run: bool) -> None:
     from rethinktiny.model import attention_path
 
     cfg = get_preset("tiny") if dry_run else get_preset("pangu_pi_1b_pro").replace(num_layers=2)
-    rows, seq = (2, 32) if dry_run else (4, 2048)
+    lengths = [40, 13, 11] if dry_run else [3000, 1500, 2500, 1192]
     model = random_model(cfg, torch.device(device), torch.bfloat16).train()
-    ids = torch.randint(0, cfg.vocab_size, (rows, seq), device=device, generator=None)
-    cu = torch.arange(0, rows * seq + 1, seq, dtype=torch.int32, device=device)
-    names = ["layers.0.attention.wq.weight", "layers.0.attention.wo.weight", f"layers.{cfg.num_layers - 1}.feed_forward.w2.weight"]
+    ids = torch.randint(0, cfg.vocab_size, (1, sum(lengths)), device=device)
+    bounds = torch.tensor([0, *lengths], device=device).cumsum(0)
+    names = ["layers.0.attention.wq.weight", "layers.0.attention.wo.weight",
+             f"layers.{cfg.num_layers - 1}.feed_forward.w2.weight"]
 
-    def run(packed: bool):
+    def gradients(losses) -> list:
         model.zero_grad(set_to_none=True)
-        if packed:
-            logits = model(ids.reshape(1, -1), cu_seqlens=cu, indexes=torch.arange(seq, device=device).repeat(rows)[None],
-                           max_seqlen=seq).reshape(rows, seq, -1)
-        else:
-            logits = model(ids)
-        logits.float().logsumexp(-1).mean().backward()
+        sum(losses).backward()
         params = dict(model.named_parameters())
-        return logits.detach().float(), [params[n].grad.float() for n in names]
+        return [params[name].grad.float() for name in names]
 
-    packed_logits, packed_grads = run(True)
-    row_logits, row_grads = run(False)
-    errors = [_relative(packed_logits, row_logits)] + [_relative(a, b) for a, b in zip(packed_grads, row_grads)]
+    def loss(logits):  # any smooth function of all logits; the same sum over tokens both ways
+        return logits.float().logsumexp(-1).sum() / ids.shape[1]
+
+    packed = model(ids, cu_seqlens=bounds.to(torch.int32), indexes=torch.cat([torch.arange(n, device=device)
+                                                                                for n in lengths])[None],
+                   max_seqlen=max(lengths))
+    packed_grads = gradients([loss(packed)])
+    alone = [model(ids[:, a:b]) for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
+    alone_grads = gradients([loss(logits) for logits in alone])
+    errors = [_relative(packed.detach().float(), torch.cat(alone, dim=1).detach().float())]
+    errors += [_relative(a, b) for a, b in zip(packed_grads, alone_grads)]
     ok = max(errors) < 3e-2
-    table.add(f"parity: {attention_path(device, torch.bfloat16)} vs SDPA rows", "ok" if ok else "FAILED",
-              f"{cfg.hidden_size} wide, {cfg.num_layers} layers, {rows} x {seq} tokens, bf16: max rel. error logits "
-              f"{errors[0]:.1e}, grads {', '.join(f'{e:.1e}' for e in errors[1:])} (limit 3e-2)")
+    table.add(f"parity: {attention_path(device, torch.bfloat16)} vs SDPA", "ok" if ok else "FAILED",
+              f"{cfg.hidden_size} wide, {cfg.num_layers} layers, documents of {', '.join(map(str, lengths))} tokens, "
+              f"bf16: max rel. error logits {errors[0]:.1e}, grads {', '.join(f'{e:.1e}' for e in errors[1:])} "
+              "(limit 3e-2)")
 
 
 def _relative(a, b) -> float:
