@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -128,6 +129,19 @@ def run_scoring(plan_path: Path, launch: LaunchOptions, progress: bool) -> None:
                         f"{plan_path.parent}, run the command again to continue")
 
 
+def gather_losses(plan: ScorePlan, launch: LaunchOptions, poll_s: float = 5.0) -> np.ndarray:
+    """`collect_losses`; on several nodes, waiting up to `launch.rdzv_timeout` for the last scores of
+    the other nodes (torchrun's exit barrier lets node 0's launcher go after 5 minutes)."""
+    deadline = time.monotonic() + (launch.rdzv_timeout if launch.nnodes > 1 else 0)
+    while True:
+        try:
+            return collect_losses(plan)
+        except UserError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(poll_s)
+
+
 def _draw(losses: np.ndarray, reference: np.ndarray | None, scored: np.ndarray | None, num: int, seed: int,
           temperature: float, floor: float) -> Draw:
     """The draw among the scored batches (by excess loss with the floor when there is a reference)."""
@@ -227,8 +241,8 @@ def resample_data(config: str | os.PathLike, ckpt: str | os.PathLike, dst: str |
     corpus = write_index(data, spec, scores_dir / "index", files)
     plan = _prepare_plans(cfg, corpus, total, checkpoint.folder, reference_checkpoint, scores_dir, scored, force)
     run_scoring(Path(plan.folder) / PLAN_NAME, launch.resolve(cfg.nproc_hint), progress)
-    losses = collect_losses(plan)
-    reference_losses = collect_losses(ScorePlan.load(plan.next_plan)) if plan.next_plan else None
+    losses = gather_losses(plan, launch)
+    reference_losses = gather_losses(ScorePlan.load(plan.next_plan), launch) if plan.next_plan else None
     try:
         draw = _draw(losses, reference_losses, scored, num_selected, seed, temperature, floor)
     except UserError:
