@@ -60,6 +60,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="an InternEvo training config file (configs/*.py)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. data.micro_bsz=4 (repeatable)")
+    p.add_argument("--allow-unknown-keys", action="store_true",
+                   help="keep config keys neither InternEvo nor rethinktiny reads (default: an error)")
     p.add_argument("--nproc", type=int, default=None,
                    help="data-parallel ranks of the job (default: the config's launch.nproc_per_node, else 1)")
     p.add_argument("--gpu-gb", type=float, default=None,
@@ -115,28 +117,15 @@ def _config(args: argparse.Namespace) -> None:
         print(text, end="")
 
 
-def _load_training_config(path: str, overrides: list[str]):
-    """B's TrainingConfig when present; until then the plain loader with the same overrides."""
-    try:
-        from rethinktiny.configfiles.training import TrainingConfig
-    except ImportError:
-        from rethinktiny.configfiles.load import apply_overrides, load_config_file
-
-        raw = load_config_file(path)
-        apply_overrides(raw, overrides)
-        return raw
-    return TrainingConfig.from_file(path, overrides)
-
-
 def _memory(args: argparse.Namespace) -> None:
     import json
 
     from rethinktiny.arch.memory import GB, check_fits, measure_activations, memory_plan, with_layers
+    from rethinktiny.configfiles.training import TrainingConfig
     from rethinktiny.errors import UserError
 
-    config = _load_training_config(args.config, args.set)
-    raw = getattr(config, "raw", config)
-    nproc = args.nproc or getattr(config, "nproc_hint", None) or raw.get("launch", {}).get("nproc_per_node") or 1
+    config = TrainingConfig.from_file(args.config, args.set, allow_unknown_keys=args.allow_unknown_keys)
+    nproc = args.nproc or config.nproc_hint or 1
     plan = memory_plan(config, nproc)
     result = plan.to_dict()
     if args.measure:
