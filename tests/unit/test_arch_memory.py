@@ -129,3 +129,18 @@ def test_online_teacher_is_planned(tmp_path):
 def test_with_layers_plans_what_was_measured():
     assert memory_plan(with_layers(_config(TINY), 2), 2).num_layers == 2
     assert isinstance(memory_plan(_config(TINY), 2), MemoryPlan)
+
+
+def test_exported_gpu_config_shards_over_all_ranks_and_carries_checkpoint(tmp_path):
+    """`config export` for GPUs: ZeRO-1 follows the ranks (InternEvo refuses a size above them),
+    bf16 with InternEvo's comm overlap, and --checkpoint lands in model.checkpoint and the plan."""
+    from rethinktiny.configfiles.export import TrainOptions, export_config, parse_checkpoint
+
+    path = export_config(tmp_path / "c.py", preset="pangu_pi_1b_pro", opts=TrainOptions(checkpoint=parse_checkpoint("0.5")))
+    raw = load_config_file(path)
+    assert raw["parallel"]["zero1"]["size"] == -1 and raw["model"]["dtype"] == "torch.bfloat16"
+    assert raw["hybrid_zero_optimizer"]["overlap_sync_grad"] and raw["hybrid_zero_optimizer"]["overlap_sync_param"]
+    assert raw["model"]["checkpoint"] == 0.5
+    assert memory_plan(raw, 2).zero1 == 2 and memory_plan(raw, 2).checkpointed_layers == 11  # 21 layers
+    with pytest.raises(UserError, match="--checkpoint"):
+        parse_checkpoint("half")
