@@ -2,14 +2,21 @@
 to its teacher has KD loss 0 at step 1; a random student's KD loss falls; the log line and
 train_metrics.jsonl carry kd_loss and ce_loss."""
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from rethinktiny.checkpoint import save_model_only
 from rethinktiny.config import get_preset
+from rethinktiny.launch import free_port
 from rethinktiny.model import PanGuPi
 
-from .helpers import explain, metrics, train_tiny
+from .helpers import TINY_CONFIG, explain, metrics, train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +55,25 @@ def test_random_student_kd_loss_falls(tmp_path, tokenized_sample, teacher):
     kd = [record["kd_loss"] for record in metrics(save)]
     assert kd[0] > 1.0 and kd[-1] < kd[0] - 0.2, kd
     assert "teacher_mass" not in metrics(save)[0]  # same vocabulary: no token map, nothing renormalised
+
+
+@pytest.mark.skipif(not os.environ.get("RETHINKTINY_INTERNEVO_ROOT"),
+                    reason="RETHINKTINY_INTERNEVO_ROOT (an InternEvo tree) not set; make test-internevo-newest sets it")
+def test_internevo_own_train_py_distils_through_the_registration(tmp_path, tokenized_sample, teacher):
+    """InternEvo's root train.py builds its own loss; the registered builder and Engine.criterion add KD."""
+    root = Path(os.environ["RETHINKTINY_INTERNEVO_ROOT"])
+    config = tmp_path / "distill_train_py.py"
+    config.write_text(f"exec(open({str(TINY_CONFIG)!r}).read())\n"
+                      f"data['train_folder'] = {str(tokenized_sample)!r}\n"
+                      "data['total_steps'] = 3\n"
+                      f"ckpt['save_ckpt_folder'] = {'local:' + str(tmp_path / 'ckpt')!r}\n"
+                      "ckpt['checkpoint_every'] = 100\n"
+                      f"{_distill(teacher)}\n")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), "train.py", "--config", str(config), "--launcher", "torch"]
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, explain(result)
+    log = result.stdout + result.stderr
+    assert "distilling from teacher" in log
+    losses = [float(x) for x in re.findall(r"loss=([0-9.]+)", log)]
+    assert len(losses) >= 3 and losses[-1] < losses[0], losses  # InternEvo's loss is the KD term: it falls
