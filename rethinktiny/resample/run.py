@@ -30,6 +30,7 @@ from rethinktiny.artifacts import check_writable, output_dir, write_manifest
 from rethinktiny.checkpoint import open_model_checkpoint
 from rethinktiny.config import ModelConfig
 from rethinktiny.configfiles.training import TrainingConfig
+from rethinktiny.cpus import available_cpus
 from rethinktiny.errors import UserError
 from rethinktiny.launch import WORKER_MODULE, LaunchOptions, is_writer_node, rank_command, run_ranks
 from rethinktiny.resample.batches import PackedCorpus, count_batches, raise_no_batch, scan_files, write_index
@@ -168,8 +169,8 @@ def _write_output(dst: Path, force: bool, corpus: PackedCorpus, losses: np.ndarr
     """The output folder, all or nothing. Execution-only options (ranks, scores folder, dst) stay
     out of the manifest, so equal inputs give byte-identical folders however they were scored."""
     with output_dir(dst, force) as tmp:
-        written = (write_selected_data(corpus, corpus.batches(), draw.selected, tmp, scores_dir / "copy", progress)
-                   if args["copy_data"] else None)
+        written = (write_selected_data(corpus, corpus.batches(), draw.selected, tmp, scores_dir / "copy", progress,
+                                       workers=available_cpus()) if args["copy_data"] else None)
         write_scores_and_selection(tmp, corpus, losses, draw.selected, scored, reference)
         result = _summary(losses, draw, len(losses) if scored is None else len(scored), corpus.spec, dst, written)
         summary = {k: v for k, v in result.summary().items() if k != "dst"}

@@ -36,13 +36,13 @@ def rows_by_file(corpus: PackedCorpus, batches: np.ndarray, selected: np.ndarray
 
 
 def write_selected_data(corpus: PackedCorpus, batches: np.ndarray, selected: np.ndarray, dst: Path,
-                        parts: Path, progress: bool = True) -> dict:
+                        parts: Path, progress: bool = True, workers: int = 1) -> dict:
     """Write the chosen batches' rows under `dst` in InternEvo's format; returns counts.
 
     Resumable: each data file is written whole into `parts` with a `.done` marker beside it (its
-    counts); a rerun after a crash skips the files already done (for the same selection). The
-    parts are then linked into `dst` (copied across file systems), so they stay until the
-    caller removes `parts`.
+    counts); a rerun after a crash skips the files already done (for the same selection). Files
+    are independent, so `workers` processes write them at once. The parts are then linked into
+    `dst` (copied across file systems), so they stay until the caller removes `parts`.
 
     Args:
         corpus: the scored data.
@@ -51,6 +51,7 @@ def write_selected_data(corpus: PackedCorpus, batches: np.ndarray, selected: np.
         dst: output folder (the type sub-folders are created here).
         parts: where finished files are kept until the output is complete (outside `dst`).
         progress: show a progress bar.
+        workers: processes writing files at once (more than 1 needs a corpus opened from its index).
     """
     from tqdm import tqdm
 
@@ -58,31 +59,51 @@ def write_selected_data(corpus: PackedCorpus, batches: np.ndarray, selected: np.
     for packed in corpus.files:  # keep every data type, even one with no chosen row
         (dst / packed.relpath).parent.mkdir(parents=True, exist_ok=True)
     grouped = rows_by_file(corpus, batches, selected)
-    counts = []
-    with RowReader(corpus) as reader, tqdm(total=len(selected) * batches.shape[1], desc="writing rows",
-                                           unit="row", disable=not progress) as bar:
-        for index in sorted(grouped):
-            relpath = corpus.files[index].relpath
-            done = parts / f"{relpath}.done"
-            if not (done.is_file() and (parts / relpath).is_file()):
-                write_json(done, _write_file(reader, grouped[index], parts / relpath, corpus.spec.min_length, bar))
-            else:
-                bar.update(len(grouped[index]))
-            counts.append(json.loads(done.read_text()))
+    todo = [i for i in sorted(grouped) if not (_done(parts, corpus.files[i].relpath).is_file()
+                                               and (parts / corpus.files[i].relpath).is_file())]
+    with tqdm(total=len(selected) * batches.shape[1], desc="writing rows", unit="row", disable=not progress) as bar:
+        bar.update(sum(len(grouped[i]) for i in grouped if i not in todo))
+        if workers > 1 and len(todo) > 1 and corpus.index is not None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            jobs = [(str(corpus.index), i, grouped[i], str(parts)) for i in todo]
+            # fork: the children only read the index and write files (no torch, no threads)
+            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("fork")) as pool:
+                for rows in pool.map(_write_part_job, jobs):
+                    bar.update(rows)
+        else:
+            with RowReader(corpus) as reader:
+                for i in todo:
+                    bar.update(_write_part(reader, i, grouped[i], parts))
+    counts = [json.loads(_done(parts, corpus.files[i].relpath).read_text()) for i in sorted(grouped)]
     for index in sorted(grouped):
         _link_part(parts, dst, corpus.files[index].relpath)
     return {key: sum(c[key] for c in counts) for key in ("documents", "tokens", "fragments_below_min_length")}
 
 
-def _write_file(reader: RowReader, rows: list[int], path: Path, min_length: int, bar) -> dict:
-    short = 0
-    with BinWriter(path) as writer:  # atomic: a crash leaves no half file under this name
+def _done(parts: Path, relpath: str) -> Path:
+    return parts / f"{relpath}.done"
+
+
+def _write_part(reader: RowReader, index: int, rows: list[int], parts: Path) -> int:
+    """Write file `index`'s chosen rows into `parts`, then its done marker; returns the rows."""
+    relpath, min_length, short = reader.corpus.files[index].relpath, reader.corpus.spec.min_length, 0
+    with BinWriter(parts / relpath) as writer:  # atomic: a crash leaves no half file under this name
         for row in rows:
             for _, fragment in reader.documents(row):
                 writer.write(fragment)
                 short += len(fragment) < min_length
-            bar.update(1)
-    return {"documents": writer.num_documents, "tokens": writer.num_tokens, "fragments_below_min_length": short}
+    write_json(_done(parts, relpath), {"documents": writer.num_documents, "tokens": writer.num_tokens,
+                                       "fragments_below_min_length": short})
+    return len(rows)
+
+
+def _write_part_job(job: tuple[str, int, list[int], str]) -> int:
+    """`_write_part` in a worker process, on the corpus index."""
+    index_dir, index, rows, parts = job
+    with RowReader(PackedCorpus.open_index(index_dir)) as reader:
+        return _write_part(reader, index, rows, Path(parts))
 
 
 def _parts_folder(parts: Path, selected: np.ndarray) -> Path:

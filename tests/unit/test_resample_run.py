@@ -266,7 +266,7 @@ def test_copy_resumes_after_a_crash_without_rewriting_finished_files(setup, firs
 
     monkeypatch.setattr(BinWriter, "write", crash_in_second_file)
     with pytest.raises(OSError, match="disk full"):
-        write_selected_data(corpus, corpus.batches(), selected, out, parts, progress=False)
+        write_selected_data(corpus, corpus.batches(), selected, out, parts, progress=False)  # one process
     done = parts / f"{corpus.files[0].relpath}.done"
     assert done.is_file() and not (parts / f"{corpus.files[1].relpath}.done").exists()
     finished = (parts / corpus.files[0].relpath).stat()
@@ -279,3 +279,8 @@ def test_copy_resumes_after_a_crash_without_rewriting_finished_files(setup, firs
     assert written == json.loads(full.joinpath("manifest.json").read_text())["summary"]["written"]
     for packed in corpus.files:
         assert (out / packed.relpath).read_bytes() == (full / packed.relpath).read_bytes()
+    parallel = setup["root"] / "copy_parallel"
+    parallel.mkdir()
+    assert write_selected_data(corpus, corpus.batches(), selected, parallel, setup["root"] / "copy_parts_2",
+                               progress=False, workers=2) == written
+    assert folder_bytes(parallel) == folder_bytes(out)  # two processes write what one writes
