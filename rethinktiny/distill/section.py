@@ -90,6 +90,9 @@ def check_distill_section(config: Any) -> DistillSpec | None:
         if student_vocab is not None and manifest["student_vocab"] != student_vocab:
             raise UserError(f"{source}: distill.cache {spec.cache} holds a vocabulary of {manifest['student_vocab']} "
                             f"ids, the student model.vocab_size is {student_vocab}")
+        if "temperature" in raw["distill"] and spec.temperature != manifest["temperature"]:
+            raise UserError(f"{source}: distill.temperature {spec.temperature} but the cache {spec.cache} was "
+                            f"sampled at {manifest['temperature']}; drop the key (the cache's is used)")
         return spec
     from rethinktiny.distill.teacher import teacher_config
 

@@ -79,8 +79,7 @@ class Distiller:
             cu = _as_1d(cu_seqlens, "cu_seqlens").long().cpu()
             positions = torch.arange(int(cu[-1]))
             indexes = positions - cu[torch.searchsorted(cu[1:], positions, right=True)]
-        found = self.cache.lookup(context_keys(input_ids, _as_1d(indexes, "indexes")))
-        return found
+        return self.cache.lookup(context_keys(input_ids, _as_1d(indexes, "indexes")))
 
     # ---- the loss ------------------------------------------------------------------------
     def loss(self, ce: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -96,11 +95,12 @@ class Distiller:
         self._add("kd_loss", kd)
         self._add("ce_loss", ce)
         trained = (labels != -100).to(logits.device)
+        share = trained.sum().clamp(min=1)
         if "mass" in pending and (self.kept is not None or self.cache is not None and
                                   self.cache.manifest["token_map"]):
-            self._add("teacher_mass", (pending["mass"].reshape(-1).float() * trained).sum() / trained.sum().clamp(min=1))
+            self._add("teacher_mass", (pending["mass"].reshape(-1).float() * trained).sum() / share)
         if "found" in pending:
-            self._add("cache_hits", (pending["found"] & trained).sum() / trained.sum().clamp(min=1))
+            self._add("cache_hits", (pending["found"] & trained).sum() / share)
         self.micro_batches += 1
         return self.spec.ce_weight * ce + self.spec.kd_weight * kd
 
