@@ -352,7 +352,7 @@ def _check_data_folder(folder: str | None) -> None:
         return
     from rethinktiny.data.tokenized import require_bin_files
 
-    require_bin_files(folder)
+    require_bin_files(folder, need_meta=True)  # InternEvo asserts on a missing .meta
 
 
 def _rank() -> str:

@@ -197,7 +197,7 @@ def make_plan(config: str | os.PathLike, rounds: int, ratio: float | None = None
     data = data or loaded.get("data", {}).get("train_folder")
     if not data:
         raise UserError(f"{config}: no data.train_folder; pass --data")
-    require_bin_files(data)
+    require_bin_files(data, need_meta=True)  # every round trains on it
     total_steps = loaded.get("data", {}).get("total_steps")
     if not isinstance(total_steps, int) or total_steps < 1:
         raise UserError(f"{config}: data.total_steps must be a positive integer, got {total_steps!r}")
