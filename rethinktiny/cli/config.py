@@ -89,6 +89,11 @@ def _export(args: argparse.Namespace) -> None:
         min_length=args.min_length, extra_comments=comments)
     command = "rethinktiny config export " + " ".join(shlex.quote(a) for a in sys.argv[3:]) if len(sys.argv) > 3 else None
     if args.dst:
+        from rethinktiny.artifacts import check_output_file
+
+        # before any work: never write the config over one of its own inputs, even with --force
+        check_output_file(args.dst, args.force, {"--token-map": args.token_map, "--distill": args.distill,
+                                                 "--inherit": args.inherit, "--resample": args.resample}, "--dst")
         print(f"wrote {export_config(args.dst, cfg=cfg, opts=opts, force=args.force, command=command)}")
     else:
         print(render_config(cfg, opts, command), end="")

@@ -46,3 +46,16 @@ def test_shipped_configs_are_what_their_header_command_writes(name, tmp_path):
     assert result.returncode == 0, result.stderr
     written = (tmp_path / "configs" / name).read_text()
     assert written == shipped, f"configs/{name} differs from its header command's output; rerun that command"
+
+
+def test_config_export_never_writes_over_its_own_input(tmp_path):
+    """`config export --dst` naming its own --token-map is refused even with --force, and the input
+    keeps its bytes."""
+    from rethinktiny.cli import main
+
+    token_map = tmp_path / "token_map.json"
+    token_map.write_text('{"old_to_new": {}}')
+    code = main(["config", "export", "--preset", "tiny", "--distill", str(tmp_path / "teacher"),
+                 "--token-map", str(token_map), "--dst", str(token_map), "--force"])
+    assert code == 2
+    assert token_map.read_text() == '{"old_to_new": {}}'
