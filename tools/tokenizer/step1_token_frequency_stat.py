@@ -9,7 +9,6 @@ A thin wrapper over `rethinktiny.vocab.count.count_folder` (same as `rethinktiny
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -20,7 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", required=True, type=str, help="tokenized data folder")
     parser.add_argument("--dst", required=True, type=str, help="folder for the per-file results")
-    parser.add_argument("--process_num", default=os.cpu_count() or 1, type=int, help="parallel workers (threads)")
+    from rethinktiny.cpus import available_cpus
+
+    parser.add_argument("--process_num", default=available_cpus(), type=int,
+                        help="parallel workers (threads; default: the CPUs this process may use)")
     parser.add_argument("--strict", action="store_true", help="a malformed line is an error")
     parser.add_argument("--force", action="store_true", help="recount files whose result is current")
     args = parser.parse_args(argv)
