@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +25,13 @@ from rethinktiny.resample.batches import PackedCorpus, RowReader
 SELECTION_FORMAT = "rethinktiny.resample/1"
 
 
-def rows_by_file(corpus: PackedCorpus, batches: np.ndarray, selected: np.ndarray) -> dict[int, list[int]]:
-    """file index -> global rows of the chosen batches in that file, in batch order."""
-    grouped: dict[int, list[int]] = defaultdict(list)
-    for batch in selected:
-        for row in batches[batch]:
-            grouped[corpus.locate(int(row))[0]].append(int(row))
-    return dict(grouped)
+def rows_by_file(corpus: PackedCorpus, batches: np.ndarray, selected: np.ndarray) -> dict[int, np.ndarray]:
+    """file index -> global rows (int64) of the chosen batches in that file, in batch order."""
+    rows = np.asarray(batches[np.asarray(selected, dtype=np.int64)]).reshape(-1)
+    files = np.searchsorted(corpus.row_starts, rows, side="right") - 1
+    order = np.argsort(files, kind="stable")  # stable: batch order inside each file
+    indexes, starts = np.unique(files[order], return_index=True)
+    return {int(i): part for i, part in zip(indexes, np.split(rows[order], starts[1:]))}
 
 
 def write_selected_data(corpus: PackedCorpus, batches: np.ndarray, selected: np.ndarray, dst: Path,
@@ -86,11 +85,11 @@ def _done(parts: Path, relpath: str) -> Path:
     return parts / f"{relpath}.done"
 
 
-def _write_part(reader: RowReader, index: int, rows: list[int], parts: Path) -> int:
+def _write_part(reader: RowReader, index: int, rows: np.ndarray, parts: Path) -> int:
     """Write file `index`'s chosen rows into `parts`, then its done marker; returns the rows."""
     relpath, min_length, short = reader.corpus.files[index].relpath, reader.corpus.spec.min_length, 0
     with BinWriter(parts / relpath) as writer:  # atomic: a crash leaves no half file under this name
-        for row in rows:
+        for row in rows.tolist():
             for _, fragment in reader.documents(row):
                 writer.write(fragment)
                 short += len(fragment) < min_length
@@ -99,7 +98,7 @@ def _write_part(reader: RowReader, index: int, rows: list[int], parts: Path) -> 
     return len(rows)
 
 
-def _write_part_job(job: tuple[str, int, list[int], str]) -> int:
+def _write_part_job(job: tuple[str, int, np.ndarray, str]) -> int:
     """`_write_part` in a worker process, on the corpus index."""
     index_dir, index, rows, parts = job
     with RowReader(PackedCorpus.open_index(index_dir)) as reader:
