@@ -33,5 +33,7 @@ def _multiround(args: argparse.Namespace) -> None:
                          data=args.data, mode=args.mode, seed=args.seed, temperature=args.temperature,
                          batch_ranks=args.batch_ranks, round_steps=args.round_steps, overrides=args.overrides,
                          launch=launch_options(args), progress=args.progress,
-                         allow_unknown_keys=args.allow_unknown_keys, ignore_memory_plan=args.ignore_memory_plan)
+                         allow_unknown_keys=args.allow_unknown_keys, ignore_memory_plan=args.ignore_memory_plan,
+                         max_batches=args.max_batches, fraction=args.fraction, reference=args.reference,
+                         floor=args.floor)
     print(summary_table(results))

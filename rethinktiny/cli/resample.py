@@ -18,6 +18,16 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, ratio_required: bool
     parser.add_argument("--batch-ranks", type=int, default=1,
                         help="data-parallel ranks one batch spans (1: a batch is micro_num packed rows, one "
                              "rank's optimizer step)")
+    subset = parser.add_mutually_exclusive_group()
+    subset.add_argument("--max-batches", type=int,
+                        help="score only a seeded random subset of this many batches; the draw is among them")
+    subset.add_argument("--fraction", type=float, help="score only this fraction of the batches (seeded, random)")
+    parser.add_argument("--reference", metavar="MODEL",
+                        help="also score every batch with this checkpoint (same vocabulary) and draw by the excess "
+                             "loss (scored - reference)")
+    parser.add_argument("--floor", type=float, default=DEFAULT_FLOOR,
+                        help=f"with --reference: p = (1 - eps) softmax + eps / N, so no batch's probability "
+                             f"collapses to zero (default {DEFAULT_FLOOR})")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -30,16 +40,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="write only the scores and selection (train with data.sampler='multi_round')")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, as start_finetune.py --set (repeatable)")
-    subset = parser.add_mutually_exclusive_group()
-    subset.add_argument("--max-batches", type=int,
-                        help="score only a seeded random subset of this many batches; the draw is among them")
-    subset.add_argument("--fraction", type=float, help="score only this fraction of the batches (seeded, random)")
-    parser.add_argument("--reference", metavar="MODEL",
-                        help="also score every batch with this checkpoint (same vocabulary) and draw by the excess "
-                             "loss (scored - reference)")
-    parser.add_argument("--floor", type=float, default=DEFAULT_FLOOR,
-                        help=f"with --reference: p = (1 - eps) softmax + eps / N, so no batch's probability "
-                             f"collapses to zero (default {DEFAULT_FLOOR})")
     parser.add_argument("--scores-dir",
                         help="where the batch index and partial scores are kept until done (default: .<dst>.scores)")
     parser.add_argument("--force", action="store_true",

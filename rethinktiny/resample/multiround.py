@@ -53,6 +53,10 @@ class RoundPlan:
     round_steps: list[int] = field(default_factory=list)
     progress: bool = True
     ignore_memory_plan: bool = False
+    max_batches: int | None = None  # score a seeded subset of this many batches each round
+    fraction: float | None = None
+    reference: str | None = None  # draw by excess loss over this fixed model (e.g. the teacher)
+    floor: float | None = None
 
 
 @dataclass
@@ -115,6 +119,12 @@ def _round_steps(plan: RoundPlan, number: int, kept_fraction: float) -> int:
     return max(1, round(first * kept_fraction))  # one pass over the kept batches, as round 1 over all
 
 
+def _scoring_options(plan: RoundPlan) -> dict:
+    """The plan's subset and reference options for `resample_data` (its own defaults where unset)."""
+    given = dict(max_batches=plan.max_batches, fraction=plan.fraction, reference=plan.reference, floor=plan.floor)
+    return {key: value for key, value in given.items() if value is not None}
+
+
 def later_round(plan: RoundPlan, number: int, previous: RoundResult) -> RoundResult:
     """Score with the previous checkpoint, resample, train from it on the chosen batches."""
     from rethinktiny.resample.run import resample_data
@@ -125,7 +135,7 @@ def later_round(plan: RoundPlan, number: int, previous: RoundResult) -> RoundRes
         resample_data(plan.config, previous.checkpoint, out, data=plan.data, ratio=plan.ratio,
                       num_batches=plan.num_batches, seed=plan.seed + number, temperature=plan.temperature,
                       batch_ranks=plan.batch_ranks, copy_data=plan.mode == "copy", overrides=plan.overrides,
-                      launch=plan.launch, force=True, progress=plan.progress)
+                      launch=plan.launch, force=True, progress=plan.progress, **_scoring_options(plan))
     summary = json.loads(_written_by_node0(out / "manifest.json", plan).read_text())["summary"]
     steps = _round_steps(plan, number, summary["num_selected"] / summary["num_batches"])
     info = dict(path="local:" + previous.checkpoint, content=("model",), ckpt_type="internevo")
@@ -181,7 +191,8 @@ def make_plan(config: str | os.PathLike, rounds: int, ratio: float | None = None
               work: str | os.PathLike | None = None, data: str | None = None, mode: str = "sampler", seed: int = 0,
               temperature: float = 1.0, batch_ranks: int = 1, round_steps: Sequence[int] = (),
               overrides: Sequence[str] = (), launch: LaunchOptions | None = None, progress: bool = True,
-              allow_unknown_keys: bool = False, ignore_memory_plan: bool = False) -> RoundPlan:
+              allow_unknown_keys: bool = False, ignore_memory_plan: bool = False, max_batches: int | None = None,
+              fraction: float | None = None, reference: str | None = None, floor: float | None = None) -> RoundPlan:
     """Check the arguments and the config before anything trains; see `multiround` for them."""
     from rethinktiny.data.tokenized import require_bin_files
     from rethinktiny.resample.sampling import check_temperature
@@ -206,7 +217,8 @@ def make_plan(config: str | os.PathLike, rounds: int, ratio: float | None = None
                      has_lr_scheduler=isinstance(loaded.get("lr_scheduler"), dict), overrides=list(overrides),
                      launch=launch or LaunchOptions.from_env(), mode=mode, seed=seed, temperature=temperature,
                      batch_ranks=batch_ranks, ratio=ratio, num_batches=num_batches, round_steps=list(round_steps),
-                     progress=progress, ignore_memory_plan=ignore_memory_plan)
+                     progress=progress, ignore_memory_plan=ignore_memory_plan, max_batches=max_batches,
+                     fraction=fraction, reference=None if reference is None else str(reference), floor=floor)
 
 
 def multiround(config: str | os.PathLike, rounds: int, ratio: float | None = None, num_batches: int | None = None,
@@ -223,7 +235,9 @@ def multiround(config: str | os.PathLike, rounds: int, ratio: float | None = Non
             name>), data, mode ("sampler", the default, or "copy"), seed, temperature, batch_ranks, round_steps
             (steps per round; default: the config's total_steps, then that times the kept
             fraction), overrides (`--set` items for every round), launch, progress,
-            allow_unknown_keys (keep config keys nobody reads), ignore_memory_plan.
+            allow_unknown_keys (keep config keys nobody reads), ignore_memory_plan, max_batches /
+            fraction (score a seeded subset each round), reference / floor (draw by the excess loss
+            over a fixed reference model, as `resample --reference`).
     """
     plan = make_plan(config, rounds, ratio, num_batches, **options)
     results = run_rounds(plan, rounds)
