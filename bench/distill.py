@@ -249,8 +249,8 @@ class Bench:
                                  self.setup / "cuts_log.txt")
         out = {"round 2 uniform": {}, "round 2 raw loss": {}, "round 2 excess loss": {}}
         for s in seeds:
-            round1 = self.run(_slug("round1 CE", tokens), s, tokens, [])
-            config = next((self.runs / f"{_slug('round1 CE', tokens)}-s{s}").glob("config.py"))
+            round1 = self.run(_slug("CE only", tokens), s, tokens, [])  # the main experiment's CE run
+            config = self.runs / f"{_slug('CE only', tokens)}-s{s}" / "config.py"
             for name, extra in (("round 2 uniform", ["--temperature", "1e9"]), ("round 2 raw loss", []),
                                 ("round 2 excess loss", ["--reference", reference])):
                 selected = self.runs / f"{_slug(name, tokens)}-s{s}-selected"
