@@ -270,7 +270,7 @@ class Bench:
         mid = self.inherit(mid_shape, "first-last", True, self.setup / "iterative" / "ffn768", log)
         out = {"one-shot": {}, "iterative": {}}
         for s in seeds:
-            out["one-shot"][s] = self.run(_slug("one-shot", tokens), s, tokens, [])
+            out["one-shot"][s] = self.run(_slug("CE only", tokens), s, tokens, [])  # the main experiment's CE run
             first = self.run(_slug("iterative stage1", tokens), s, half, [], start=mid)
             second = self.inherit(STUDENT, "first-last", True, self.runs / f"iterative-stage2-s{s}", log,
                                   src=Path(first["last"]), vocab_from_src=True)
