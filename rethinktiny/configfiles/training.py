@@ -205,9 +205,15 @@ class TrainingConfig:
         if check_data:
             check_data_folders(data)
         launch = raw.get("launch") or {}
-        return cls(path=path, overrides=overrides, raw=raw, model_type=model_type, model=model, data=data,
-                   dtype=_dtype(raw, source), label_smoothing=float((raw.get("loss") or {}).get("label_smoothing", 0)),
-                   nproc_hint=launch.get("nproc_per_node"))
+        config = cls(path=path, overrides=overrides, raw=raw, model_type=model_type, model=model, data=data,
+                     dtype=_dtype(raw, source), label_smoothing=float((raw.get("loss") or {}).get("label_smoothing", 0)),
+                     nproc_hint=launch.get("nproc_per_node"))
+        if raw.get("distill") is not None:
+            from rethinktiny.distill.section import check_distill_section
+
+            # the teacher (or cache) and the vocabularies, here and not inside every rank
+            check_distill_section(config)
+        return config
 
     def section(self, name: str) -> dict[str, Any]:
         """A section of the config (`{}` when absent)."""

@@ -203,3 +203,19 @@ def test_config_export_writes_a_distill_section_the_check_reads(tmp_path):
     spec = check_distill_section(raw)
     assert (spec.teacher, spec.token_map, spec.kd_weight, spec.ce_weight) == (str(tmp_path / "t"),
                                                                              str(tmp_path / "m.json"), 1.0, 0.0)
+
+
+def test_the_pre_launch_config_check_refuses_a_missing_teacher(tmp_path):
+    """TrainingConfig.from_file (what the launcher checks before any rank starts) runs the distill
+    check: a missing teacher is one line there, not an error inside every rank."""
+    from rethinktiny.config import get_preset
+    from rethinktiny.configfiles.export import TrainOptions, export_config
+    from rethinktiny.configfiles.training import TrainingConfig
+
+    path = export_config(tmp_path / "c.py", cfg=get_preset("tiny").replace(vocab_size=32),
+                         opts=TrainOptions(cpu_ranks=2, distill=str(tmp_path / "gone")))
+    with pytest.raises(UserError, match="gone.*not found"):
+        TrainingConfig.from_file(path, check_data=False)
+    _teacher(tmp_path / "gone")
+    with pytest.raises(UserError, match="pass distill.token_map"):  # 64 teacher ids, 32 student ids
+        TrainingConfig.from_file(path, check_data=False)
