@@ -4,7 +4,9 @@
 - model types `PANGU_PI_PRO` and `PANGU_PI` to InternEvo's model registry;
 - the checkpoint-load type `"inherited"` (strict name/shape check);
 - the multi-round batch sampler (`data.sampler="multi_round"`) in InternEvo's train loader;
-- distillation from a config's `distill=dict(...)` section (`rethinktiny.internevo.distill`);
+- the training loss of our model types (chunked cross entropy, also under InternEvo's own `train.py`)
+  and distillation from a config's `distill=dict(...)` section (`rethinktiny.internevo.criterion`,
+  `rethinktiny.internevo.distill`);
 - the CPU accelerator and gloo backend when CUDA is not available;
 - the work-arounds in `compat` (IPv4 init method, weights-only resume) and, through `api` (the
   one module that knows how InternEvo versions differ), a non-zero exit status for InternEvo's own
@@ -57,9 +59,9 @@ def _register_all() -> None:
     from rethinktiny.internevo import sampler
 
     sampler.install()
-    from rethinktiny.internevo import distill
+    from rethinktiny.internevo import criterion
 
-    distill.install()  # Engine.criterion adds the KD term of a `distill` section
+    criterion.install()  # Engine.criterion: our chunked loss for our model types, plus a `distill` section's KD
     api.propagate_script_errors()
 
 

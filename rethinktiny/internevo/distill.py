@@ -7,8 +7,8 @@ distil the same way from a config's `distill=dict(...)` section (`rethinktiny.di
   teacher under `torch.no_grad()` on the very batch the student sees (`input_ids`, `cu_seqlens`,
   `indexes`), or looks the batch's contexts up in the cache. The teacher is no submodule of the
   student: its weights reach neither the optimizer nor the checkpoints.
-- `Engine.criterion` (a property in every InternEvo version we run) returns InternEvo's own loss
-  wrapped so that it adds the KD term of the micro-batch the hook just prepared:
+- `Engine.criterion` (through `rethinktiny.internevo.criterion`, the one loss seam) returns the
+  training loss wrapped by `with_kd` so that it adds the KD term of the micro-batch the hook just prepared:
   `ce_weight * CE + kd_weight * KD`. Without gradients (validation) it stays plain CE.
 `step_figures()` gives the step's mean kd_loss, ce_loss, teacher_mass (and cache hit share),
 averaged over micro-batches and data-parallel ranks, for the trainer's log line.
@@ -181,17 +181,7 @@ class _DistillingCriterion:
         return getattr(self.inner, name)
 
 
-def install() -> None:
-    """Make `Engine.criterion` add the KD term while a distiller is set (idempotent)."""
-    from internlm.core.engine import Engine
-
-    if getattr(Engine, "_rethinktiny_distill", False):
-        return
-    plain = Engine.criterion.fget
-
-    def criterion(self):
-        inner = plain(self)
-        return inner if _DISTILLER is None or inner is None else _DistillingCriterion(inner)
-
-    Engine.criterion = property(criterion)
-    Engine._rethinktiny_distill = True
+def with_kd(inner):
+    """`inner` (the training loss) plus the KD term while a distiller is set, else `inner` itself;
+    `rethinktiny.internevo.criterion` applies it to what `Engine.criterion` returns."""
+    return inner if _DISTILLER is None or inner is None else _DistillingCriterion(inner)
