@@ -87,7 +87,8 @@ NEWEST_TESTS  := tests/unit/test_internevo_plugin.py tests/unit/test_configs.py 
                  tests/unit/test_resample_batches.py tests/unit/test_resample_run.py tests/unit/test_resample_sampler.py \
                  tests/integration/test_train_cpu.py tests/integration/test_resample_cpu.py \
                  tests/integration/test_llama2_parity.py tests/integration/test_launch_errors.py \
-                 tests/integration/test_validation_tb.py tests/integration/test_internevo_train_py.py
+                 tests/integration/test_validation_tb.py tests/integration/test_internevo_train_py.py \
+                 tests/integration/test_distill.py
 
 check-shared:
 	@for c in $(NEWEST) $(ERA); do test -f "$(SHARED)/internevo/InternEvo-$$c.tar.gz" || { \
