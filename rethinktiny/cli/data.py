@@ -63,7 +63,7 @@ def _tokenize(args: argparse.Namespace) -> None:
 
 
 def _stats(args: argparse.Namespace) -> None:
-    from rethinktiny.data.tokenized import count_tokens
+    from rethinktiny.data.stats import count_tokens
 
     docs, tokens = count_tokens(args.folder, verify=args.verify)
     print(f"{args.folder}: {docs} documents, {tokens} tokens{' (every line verified)' if args.verify else ''}")

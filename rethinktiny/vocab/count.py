@@ -57,8 +57,8 @@ from rethinktiny.artifacts import build_manifest, dumps_json, file_digest, pid_a
 from rethinktiny.cpus import available_cpus
 from rethinktiny.data.tokenized import read_meta, require_bin_files
 from rethinktiny.errors import UserError
-from rethinktiny.vocab.binfast import Workspace
-from rethinktiny.vocab.binparse import META_MISMATCH, parse_bin_file
+from rethinktiny.data.binfast import Workspace
+from rethinktiny.data.binparse import META_MISMATCH, parse_bin_file
 
 COUNTS_FORMAT = "rethinktiny.token_counts.v1"
 MANIFEST = "manifest.json"

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from rethinktiny.cli import main
-from rethinktiny.data.tokenized import count_tokens, require_bin_files, write_documents
+from rethinktiny.data.stats import count_tokens
+from rethinktiny.data.tokenized import require_bin_files, write_documents
 from rethinktiny.errors import UserError
 
 

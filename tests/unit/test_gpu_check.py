@@ -29,7 +29,7 @@ def test_a_failing_check_is_a_failed_row(gpu_check):
 
 
 def test_random_data_context(gpu_check, tmp_path):
-    from rethinktiny.data.tokenized import count_tokens
+    from rethinktiny.data.stats import count_tokens
 
     context = gpu_check.write_random_data(tmp_path, vocab=100, seq_len=64, tokens=5000)
     documents, tokens = count_tokens(tmp_path)

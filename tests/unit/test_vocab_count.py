@@ -9,7 +9,7 @@ import pytest
 
 from rethinktiny.data.tokenized import write_documents
 from rethinktiny.errors import UserError
-from rethinktiny.vocab.binparse import parse_bin
+from rethinktiny.data.binparse import parse_bin
 from rethinktiny.vocab.count import count_file, count_folder
 from rethinktiny.vocab.sum_counts import merge_counts, read_frequency_file, read_result
 
@@ -190,7 +190,7 @@ def test_frequency_file_ids_outside_the_tokenizer(tmp_path):
 @pytest.mark.parametrize("with_meta", [True, False])
 def test_block_by_block_parse_equals_whole_file(tmp_path, with_meta):
     from rethinktiny.data.tokenized import read_meta
-    from rethinktiny.vocab.binparse import parse_bin_file
+    from rethinktiny.data.binparse import parse_bin_file
 
     rng = np.random.default_rng(1)
     docs = [rng.integers(0, 5000, size=rng.integers(0, 80)).tolist() for _ in range(300)]
@@ -262,8 +262,8 @@ def _random_lines(rng, count, spaced_share=0.5, max_digits=8):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_clean_blocks_take_the_fast_path_and_equal_json(seed):
-    from rethinktiny.vocab.binfast import Workspace, load_block, parse_clean_block
-    from rethinktiny.vocab.binparse import _parse_lines
+    from rethinktiny.data.binfast import Workspace, load_block, parse_clean_block
+    from rethinktiny.data.binparse import _parse_lines
 
     rng = np.random.default_rng(seed)
     data = b"\n".join(_random_lines(rng, 300, spaced_share=[0, 1, 0.5, 0.02][seed])) + b"\n" * (seed % 2)
@@ -305,7 +305,7 @@ def test_every_other_line_equals_json(line, position, spaced_share):
 
 
 def test_fast_path_declines_what_it_cannot_prove():
-    from rethinktiny.vocab.binfast import Workspace, load_block, parse_clean_block
+    from rethinktiny.data.binfast import Workspace, load_block, parse_clean_block
 
     workspace = Workspace()
     clean = b'{"tokens":[1,2]}\n{"tokens": [3, 4]}\n{"tokens":[]}\n'
@@ -361,8 +361,8 @@ def test_join_decimal_is_a_json_list_body():
 def test_a_failing_file_stops_the_other_workers(tmp_path):
     import threading
 
-    from rethinktiny.vocab.binfast import Cancelled, Workspace
-    from rethinktiny.vocab.binparse import parse_bin_file
+    from rethinktiny.data.binfast import Cancelled, Workspace
+    from rethinktiny.data.binparse import parse_bin_file
 
     for name in ("a", "b", "c"):
         write_documents(tmp_path / "data" / "t" / f"{name}.bin", [[1, 2, 3]] * 50)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rethinktiny.data.tokenized import parse_tokens
-from rethinktiny.vocab.binfast import (BLOCK_BYTES, MAX_TOKEN_ID, Block, Workspace, iter_line_blocks,
+from rethinktiny.data.binfast import (BLOCK_BYTES, MAX_TOKEN_ID, Block, Workspace, iter_line_blocks,
                                        load_block, parse_clean_block, word_values)
 
 PREFIXES = (b'{"tokens":[', b'{"tokens": [')
