@@ -8,7 +8,6 @@ scoring), so a resumed run may use another number of ranks.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -131,15 +130,15 @@ def run_cache_ranks(folder: Path, options, progress: bool = True) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rethinktiny.cli.ranks import cache_rank_args
+    from rethinktiny.launch import exit_with_parent
     from rethinktiny.resample.worker import rank_and_world, scoring_device
 
-    parser = argparse.ArgumentParser(description="one teacher-cache rank")
-    parser.add_argument("--cache", required=True, type=Path)
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    exit_with_parent()  # a rank outlives neither torchrun nor the command that started it
+    args = cache_rank_args(argv)
     rank, world, local_rank = rank_and_world()
     try:
-        build_share(args.cache, rank, world, scoring_device(local_rank), not args.no_progress)
+        build_share(args.cache, rank, world, scoring_device(local_rank), args.progress)
     except UserError as err:
         print(f"[rethinktiny] teacher cache rank {rank}: error: {err}", file=sys.stderr, flush=True)
         return 2

@@ -19,7 +19,6 @@ versions differ, `rethinktiny.internevo.api` picks the call. Differences that ma
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -33,19 +32,7 @@ import torch.distributed as dist
 
 from rethinktiny.configfiles.load import local_path
 from rethinktiny.errors import UserError
-from rethinktiny.launch import DEFAULT_MASTER_PORT, exit_with_parent
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="rethinktiny training entry (one rank)")
-    parser.add_argument("--config", required=True, help="InternEvo Python config file")
-    parser.add_argument("--launcher", choices=["torch", "slurm"], default="torch")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("MASTER_PORT", DEFAULT_MASTER_PORT)),
-                        help="master port (slurm launcher; torchrun sets MASTER_PORT itself)")
-    parser.add_argument("--seed", type=int, default=1024)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set data.total_steps=40 (repeatable)")
-    return parser.parse_args(argv)
+from rethinktiny.launch import exit_with_parent
 
 
 DISTILL_FIGURES = ("kd_loss", "ce_loss", "teacher_mass", "cache_hits")  # rethinktiny.internevo.distill
@@ -363,7 +350,9 @@ def _rank() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     exit_with_parent()  # a rank outlives neither torchrun nor the launcher
-    args = parse_args(argv)
+    from rethinktiny.cli.ranks import training_rank_args
+
+    args = training_rank_args(argv)
     # InternEvo asks its DataLoader for pinned memory, which means nothing without a GPU.
     warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator is found.*")
     import rethinktiny.internevo as plugin

@@ -8,7 +8,6 @@ communicate: the parent gathers the files in batch order once all ranks have exi
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import sys
@@ -99,10 +98,9 @@ def score_share(plan: ScorePlan, rank: int, world: int, device: torch.device | s
 
 def main(argv: list[str] | None = None) -> int:
     exit_with_parent()  # a rank outlives neither torchrun nor the launcher
-    parser = argparse.ArgumentParser(description="score one rank's share of the batches")
-    parser.add_argument("--plan", required=True, help="plan.json in the scores folder")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-    args = parser.parse_args(argv)
+    from rethinktiny.cli.ranks import scoring_rank_args
+
+    args = scoring_rank_args(argv)
     rank, world, local_rank = rank_and_world()
     try:
         device = scoring_device(local_rank)
