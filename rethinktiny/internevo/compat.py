@@ -74,7 +74,8 @@ def patch_param_sync() -> None:
 
 def allow_internevo_checkpoint_classes() -> None:
     """Let `torch.load(weights_only=True)` read InternEvo's optimizer and sampler states: the
-    optimizer state names `ParallelMode`; the sampler state holds numpy arrays (its RNG state)."""
+    optimizer state names `ParallelMode` (by value or, on some Pythons, by name through getattr);
+    the sampler state holds numpy arrays (its RNG state)."""
     import numpy as np
 
     # The function numpy pickles arrays with, taken from an array's own __reduce__: it lives in
@@ -83,7 +84,11 @@ def allow_internevo_checkpoint_classes() -> None:
     # The classes of every dtype (numpy.dtypes.Float64DType & co. on numpy >= 1.25; a dtype pickles
     # as plain np.dtype before that).
     dtype_classes = {type(np.dtype(code)) for code in np.typecodes["All"]}
-    torch.serialization.add_safe_globals([ParallelMode, reconstruct, np.ndarray, np.dtype, *dtype_classes])
+    # Some Pythons (Debian's 3.11.2, 3.12+) pickle an enum member by name, as
+    # getattr(ParallelMode, "ZERO1"), where 3.11.7 pickles it by value: without getattr a resume
+    # fails on those. The weights-only unpickler still calls only allow-listed callables, so getattr
+    # can reach attributes of the classes listed here and nothing it could run.
+    torch.serialization.add_safe_globals([ParallelMode, reconstruct, np.ndarray, np.dtype, *dtype_classes, getattr])
 
 
 def apply_all() -> None:

@@ -136,3 +136,23 @@ def test_sampler_state_with_numpy_arrays_loads_weights_only(tmp_path):
         "      loaded['weights'].dtype, loaded['flags'].tolist())\n")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines() == ["refused before UnpicklingError", "[0, 1, 2, 3, 4] True float64 [True, False]"]
+
+
+def test_optimizer_state_naming_parallel_mode_by_name_loads_weights_only(tmp_path):
+    # Debian's Python 3.11.2 and Python 3.12+ pickle InternEvo's ParallelMode.ZERO1 (in every
+    # optimizer param group) as getattr(ParallelMode, 'ZERO1'); 3.11.7 pickles it by value. Both
+    # forms must resume with weights_only=True, whatever Python this test runs on.
+    path = tmp_path / "optimizer.pt"
+    result = _run_python(
+        "import torch\n"
+        "from internlm.core.context import ParallelMode\n"
+        "class ByName:\n"
+        "    def __reduce__(self):\n"
+        "        return getattr, (ParallelMode, 'ZERO1')\n"
+        f"torch.save({{'param_groups': [{{'optimizer_mode': ByName()}}, {{'optimizer_mode': ParallelMode.DATA}}]}}, {str(path)!r})\n"
+        "from rethinktiny.internevo.compat import allow_internevo_checkpoint_classes\n"
+        "allow_internevo_checkpoint_classes()\n"
+        f"groups = torch.load({str(path)!r}, weights_only=True)['param_groups']\n"
+        "print([g['optimizer_mode'] for g in groups])\n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "[<ParallelMode.ZERO1: 'zero1'>, <ParallelMode.DATA: 'data'>]"
