@@ -48,6 +48,7 @@ STUDENT = dict(hidden_size=576, num_layers=30, num_attention_heads=9, num_kv_hea
                tie_embeddings=True)
 TEACHER_SHAPE = dict(hidden_size=576, num_layers=30, num_attention_heads=9, num_kv_heads=3, intermediate_size=1536,
                      tie_embeddings=True)
+MAIN_VARIANTS = ("CE only", "KD only", "CE+KD")
 COMPACT_VOCAB = 16000
 TEACHER_VOCAB = 49152
 SEQ_LEN, MICRO_BSZ, RANKS = 256, 2, 2
@@ -201,10 +202,14 @@ class Bench:
         return json.loads(out.read_text())["bits_per_byte"]
 
     # ---- experiments ------------------------------------------------------------------------
-    def main(self, seeds, tokens) -> dict:
+    def main(self, seeds, tokens, names=MAIN_VARIANTS) -> dict:
         variants = {"CE only": [], "KD only": [self.distill()], "CE+KD": [self.distill(ce_weight=1.0)]}
-        return {name: {s: self.run(_slug(name, tokens), s, tokens, sets) for s in seeds}
-                for name, sets in variants.items()}
+        # Seed-major: a bench stopped early still holds complete pairs.
+        runs = {name: {} for name in variants if name in names}
+        for s in seeds:
+            for name in runs:
+                runs[name][s] = self.run(_slug(name, tokens), s, tokens, variants[name])
+        return runs
 
     def wallclock(self, seeds, tokens) -> dict:
         """CE only for as many tokens as an online-KD run's wall-clock buys (the step-time ratio is
@@ -214,23 +219,33 @@ class Bench:
         name = f"CE only, KD's wall-clock ({steps * TOKENS_PER_STEP:,} tokens)"
         return {name: {s: self.run(_slug("CE equal time", tokens), s, steps * TOKENS_PER_STEP, []) for s in seeds}}
 
-    def cache(self, seeds, tokens) -> dict:
-        cache = self.setup / "cache"
+    def build_cache(self, mode: str, k: int) -> Path:
+        """`rethinktiny distill cache` over the training slice; records its cost in results."""
+        cache = self.setup / ("cache" if mode == "sample" else f"cache-{mode}")  # "cache": older runs' name
         log = self.setup / "cache_log.txt"
         if not (cache / "done").exists():
             started = time.time()
             self.cli(log, "distill", "cache", "--teacher", self.teacher, "--data", self.compact_train, "--dst", cache,
-                     "--seq-len", SEQ_LEN, "--micro-bsz", MICRO_BSZ, "--token-map", self.token_map, "--k", 16,
-                     "--nproc-per-node", RANKS, "--no-progress")
+                     "--seq-len", SEQ_LEN, "--micro-bsz", MICRO_BSZ, "--token-map", self.token_map, "--k", k,
+                     "--mode", mode, "--nproc-per-node", RANKS, "--no-progress")
             size = sum(p.stat().st_size for p in cache.glob("unit-*.npz"))
             manifest = json.loads((cache / "cache.json").read_text())
             tokens_cached = manifest["num_rows"] * SEQ_LEN * MICRO_BSZ
-            (cache / "done").write_text(json.dumps({"seconds": round(time.time() - started, 1), "bytes": size,
-                                                    "tokens": tokens_cached,
+            (cache / "done").write_text(json.dumps({"mode": mode, "k": k, "seconds": round(time.time() - started, 1),
+                                                    "bytes": size, "tokens": tokens_cached,
                                                     "bytes_per_1k_tokens": round(1000 * size / tokens_cached)}))
-        self.results["cache_build"] = json.loads((cache / "done").read_text())
-        sets = [f"distill=dict(cache={str(cache)!r}, kd_weight=1.0, ce_weight=0.0)"]
-        return {"KD only (cache)": {s: self.run(_slug("KD cache", tokens), s, tokens, sets) for s in seeds}}
+        self.results.setdefault("cache_build", {})[mode] = json.loads((cache / "done").read_text())
+        return cache
+
+    def cache(self, seeds, tokens) -> dict:
+        """KD from the cache, K = 16 sampled ids (unbiased) and K = 16 top ids (mass beyond dropped)."""
+        out = {}
+        for mode, name, slug in (("sample", "KD only (cache)", "KD cache"),
+                                 ("topk", "KD only (cache, top-k)", "KD cache topk")):
+            cache = self.build_cache(mode, 16)
+            sets = [f"distill=dict(cache={str(cache)!r}, kd_weight=1.0, ce_weight=0.0)"]
+            out[name] = {s: self.run(_slug(slug, tokens), s, tokens, sets) for s in seeds}
+        return out
 
     def cuts(self) -> dict:
         out = {}
@@ -356,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["main", "wallclock", "cache", "cuts", "rounds", "iterative"])
     parser.add_argument("--tokens", type=int, default=20000, help="training tokens per variant")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--variants", nargs="+", default=list(MAIN_VARIANTS), choices=MAIN_VARIANTS,
+                        help="the main experiment's variants (default all)")
     parser.add_argument("--train-docs", type=int, default=160,
                         help="training slice (documents of train.jsonl); 160 is the demo's (~40k tokens)")
     args = parser.parse_args(argv)
@@ -369,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     key = f"{args.tokens // 1000}k"
     groups: dict[str, dict] = {}
     if "main" in args.experiments or "wallclock" in args.experiments or "cache" in args.experiments:
-        groups.update(bench.main(args.seeds, args.tokens))
+        groups.update(bench.main(args.seeds, args.tokens, args.variants))
     if "wallclock" in args.experiments:
         groups.update(bench.wallclock(args.seeds, args.tokens))
         report.append(f"Online KD step / CE step (measured in-process): {res['kd_step_time_ratio']}x.")
@@ -379,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         res[f"main_{key}"] = groups
         report.append(table(groups, "CE only", args.tokens))
         if "KD only (cache)" in groups:
-            report.append(table({k: groups[k] for k in ("KD only (cache)", "KD only")}, "KD only", args.tokens))
+            cached = [k for k in ("KD only (cache)", "KD only (cache, top-k)", "KD only") if k in groups]
+            report.append(table({k: groups[k] for k in cached}, "KD only (cache)", args.tokens))
             report.append(f"Cache: {json.dumps(res['cache_build'])}")
     if "cuts" in args.experiments:
         res["cuts"] = bench.cuts()
