@@ -26,6 +26,8 @@ ran in `manifest.json`; a finished step is reused on the next run unless --force
   07_export     Hugging Face (`convert to-hf`) and GGUF (`convert to-gguf`) exports, loaded with
                 transformers; greedy samples of teacher and students side by side
   08_eval       held-out bits per byte of every student variant (`eval ppl`)
+  09_distill    round 1 again with the teacher's KD term (CE + KD, `distill` config section), from the same
+                start on the same batches: held-out bits per byte and step time against the CE round 1
   report.md     loss curves, bits-per-byte table, samples, layer importance, vocabulary figures
 Every student variant trains the same number of tokens at the same learning rate (LR).
 """
@@ -42,8 +44,8 @@ from typing import Callable
 
 from rethinktiny.artifacts import output_dir, write_manifest
 from rethinktiny.checkpoint import find_step_folder
-from rethinktiny.demo.report import (DATA, EVAL, EXPORT, INHERIT, MULTIROUND, RANDOM, ROUND2_CKPT, TEACHER, VOCAB,
-                                     write_report)
+from rethinktiny.demo.report import (DATA, DISTILL, EVAL, EXPORT, INHERIT, MULTIROUND, RANDOM, ROUND1_CKPT,
+                                     ROUND2_CKPT, TEACHER, VOCAB, read_metrics, write_report)
 from rethinktiny.errors import UserError
 
 DEFAULT_TEACHER = Path("~/.cache/rethinktiny/smollm2-135m").expanduser()
@@ -326,8 +328,34 @@ def step_eval(demo: Demo, d: Path) -> None:
         demo.eval(d, label, demo.out / checkpoint, demo.out / VOCAB / "tokenizer", d / f"eval_{index}.json")
 
 
+def step_distill(demo: Demo, d: Path) -> None:
+    """Round 1 again with the teacher's KD term added (CE + KD, weights 1 + 1: the bench's best at equal
+    tokens), from the same inherited start, on the same batches in the same order: the report sets it
+    against multiround's CE round 1 at equal tokens and per step time."""
+    steps = demo.scale.round_steps
+    vocab = demo.out / VOCAB
+    token_map = vocab / "tokenizer" / "token_map.json"
+    teacher = demo.teacher or demo.out / TEACHER / "ckpt"
+    config = demo.config(d, "distilled", steps, LR, vocab / "train", d / "ckpt", inherit=demo.out / INHERIT / "student")
+    section = f"distill=dict(teacher={str(teacher)!r}, token_map={str(token_map)!r}, kd_weight=1.0, ce_weight=1.0)"
+    demo.train(d, "train inherited student with CE + KD", config, section)
+    arms = {"ce": demo.out / ROUND1_CKPT, "ce_kd": d / "ckpt"}
+    comparison: dict = {"tokens": 0}
+    for name, ckpt in arms.items():
+        demo.eval(d, f"round 1 {name}", find_step_folder(ckpt), vocab / "tokenizer", d / f"eval_{name}.json")
+        rows = read_metrics(ckpt)
+        rates = sorted(r["tokens_per_s"] for r in rows[1:]) or [rows[0]["tokens_per_s"]]  # step 1 compiles, warms up
+        comparison[name] = {"bits_per_byte": json.loads((d / f"eval_{name}.json").read_text())["bits_per_byte"],
+                            "tokens_per_s": rates[len(rates) // 2], "steps": len(rows),
+                            "kd_loss": rows[-1].get("kd_loss"), "teacher_mass": rows[-1].get("teacher_mass")}
+        comparison["tokens"] = rows[-1]["tokens"]
+    comparison["step_time_ratio"] = round(comparison["ce"]["tokens_per_s"] / comparison["ce_kd"]["tokens_per_s"], 3)
+    (d / "comparison.json").write_text(json.dumps(comparison, indent=1))
+
+
 STEPS = [(DATA, step_data), (TEACHER, step_teacher), (VOCAB, step_vocab), (INHERIT, step_inherit),
-         (RANDOM, step_random), (MULTIROUND, step_multiround), (EXPORT, step_export), (EVAL, step_eval)]
+         (RANDOM, step_random), (MULTIROUND, step_multiround), (EXPORT, step_export), (EVAL, step_eval),
+         (DISTILL, step_distill)]
 
 
 def teacher_folder(value: str) -> Path | None:

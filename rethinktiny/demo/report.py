@@ -8,8 +8,9 @@ from pathlib import Path
 from rethinktiny.artifacts import write_file_atomic
 
 # The demo's step folders below --out, in the order it runs them (rethinktiny.demo.pipeline's STEPS).
-DATA, TEACHER, VOCAB, INHERIT, RANDOM, MULTIROUND, EXPORT, EVAL = (
-    "01_data", "02_teacher", "03_vocab", "04_inherit", "05_random", "06_multiround", "07_export", "08_eval")
+DATA, TEACHER, VOCAB, INHERIT, RANDOM, MULTIROUND, EXPORT, EVAL, DISTILL = (
+    "01_data", "02_teacher", "03_vocab", "04_inherit", "05_random", "06_multiround", "07_export", "08_eval",
+    "09_distill")
 # What `rethinktiny multiround --work 06_multiround` leaves there: each round's checkpoints, and the
 # resampled batches (with the scores' manifest.json and losses.png) that round 2 trains on.
 ROUND1_CKPT, ROUND2_CKPT, SELECTED = (f"{MULTIROUND}/round1/ckpt", f"{MULTIROUND}/round2/ckpt",
@@ -152,6 +153,32 @@ def _prune_summary(report: dict) -> list[str]:
     return lines
 
 
+def distill_section(out: Path) -> list[str]:
+    """The 09_distill step's comparison: CE + KD against the CE round 1, same start and tokens."""
+    comparison = _json(out / DISTILL / "comparison.json")
+    if not comparison:
+        return ["(no distillation comparison)"]
+    ce, kd = comparison["ce"], comparison["ce_kd"]
+    rows = ["| round 1 from the inherited student | held-out bits/byte | tokens/s (median step) | last kd_loss | "
+            "teacher_mass |", "|---|---:|---:|---:|---:|"]
+    for label, arm in (("CE (the demo's round 1)", ce), ("CE + KD (online teacher, weights 1 + 1)", kd)):
+        figures = [f"{arm[key]:.3f}" if arm.get(key) is not None else "" for key in ("kd_loss", "teacher_mass")]
+        rows.append(f"| {label} | **{arm['bits_per_byte']:.3f}** | {arm['tokens_per_s']:,.0f} | "
+                    + " | ".join(figures) + " |")
+    delta, ratio = kd["bits_per_byte"] - ce["bits_per_byte"], comparison["step_time_ratio"]
+    return [
+        f"Both runs start from the inherited student and train {comparison['tokens']:,} tokens on the same batches "
+        "in the same order (same data seed) at the same LR; only the loss differs.",
+        "",
+        *rows,
+        "",
+        f"CE + KD − CE: **{delta:+.3f} bits/byte** at equal tokens; a CE + KD step took **{ratio:.2f}×** a CE step "
+        f"here (the teacher's forward), so in CE + KD's time CE trains {ratio:.2f}× the tokens. The demo's rounds "
+        "train with CE: `bench/distill.py` (paired seeds, docs/distillation.md) finds CE at equal wall-clock "
+        "better than CE + KD on this machine. One seed, one short run: a single measurement.",
+    ]
+
+
 def _rounds_table(out: Path) -> list[str]:
     """multiround's own per-round table, from the summary.json it wrote."""
     from rethinktiny.resample.multiround import RoundResult, summary_table
@@ -234,6 +261,10 @@ def write_report(out: Path, scale, evaluated: list[tuple[str, str]], exported: l
         "```",
         "",
         f"![losses of all and selected batches]({SELECTED}/losses.png)",
+        "",
+        "## Distillation from the teacher (`distill` section of the training config)",
+        "",
+        *distill_section(out),
         "",
         "## Exports",
         "",

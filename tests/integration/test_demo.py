@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from rethinktiny.demo.pipeline import DEFAULT_TEACHER, EVALUATED, SCALES, STEPS
-from rethinktiny.demo.report import (EVAL, EXPORT, INHERIT, MULTIROUND, RANDOM, ROUND1_CKPT, ROUND2_CKPT, SELECTED,
-                                     TEACHER as TEACHER_STEP, VOCAB)
+from rethinktiny.demo.report import (DISTILL, EVAL, EXPORT, INHERIT, MULTIROUND, RANDOM, ROUND1_CKPT, ROUND2_CKPT,
+                                     SELECTED, TEACHER as TEACHER_STEP, VOCAB)
 
 from .helpers import REPO
 
@@ -111,6 +111,20 @@ def test_inherited_student_ends_below_random_init(demo_out):
     random_init, inherited = (json.loads((demo_out / EVAL / f"eval_{i}.json").read_text()) for i in (1, 2))
     assert [label for label, _ in EVALUATED][1:] == ["student: random init", "student: inherited + multi-round"]
     assert inherited["bits_per_byte"] < random_init["bits_per_byte"] - 0.1
+
+
+def test_distilled_round_trains_the_same_batches_and_the_report_compares_it(demo_out):
+    ce, kd = _rows(demo_out / ROUND1_CKPT), _rows(demo_out / DISTILL / "ckpt")
+    assert len(kd) == len(ce) == SMOKE.round_steps and kd[-1]["tokens"] == ce[-1]["tokens"]
+    # The same start and the same first batch: the KD run's logged CE at step 1 is round 1's loss there.
+    assert kd[0]["ce_loss"] == pytest.approx(ce[0]["loss"], abs=1e-3)
+    assert kd[0]["loss"] == pytest.approx(kd[0]["ce_loss"] + kd[0]["kd_loss"], abs=1e-3)  # weights 1 + 1
+    assert all(0.5 < r["teacher_mass"] <= 1.0 for r in kd)  # the compact vocabulary keeps most of the teacher
+    comparison = json.loads((demo_out / DISTILL / "comparison.json").read_text())
+    assert comparison["tokens"] == ce[-1]["tokens"] and comparison["step_time_ratio"] > 1.0  # the teacher's forward
+    report = (demo_out / "report.md").read_text()
+    assert "## Distillation from the teacher" in report
+    assert f"**{comparison['ce_kd']['bits_per_byte']:.3f}**" in report and "CE + KD − CE" in report
 
 
 def test_rerun_reuses_steps_and_a_failing_step_stops_with_its_own_error(demo_out, tmp_path):
