@@ -39,7 +39,7 @@ def _host() -> str:
     return socket.gethostname().split(".")[0].replace("-", "_") or "host"
 
 
-def _sibling_tmp(dst: Path, tag: str) -> Path:
+def sibling_tmp(dst: Path, tag: str) -> Path:
     return dst.with_name(f".{dst.name}.{tag}-{os.getpid()}-{int(time.time() * 1e6) % 10**9}-{_host()}")
 
 
@@ -134,7 +134,7 @@ def output_dir(dst: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     dst = check_writable(dst, force)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with sigterm_raises():
-        tmp = _sibling_tmp(dst, "tmp")
+        tmp = sibling_tmp(dst, "tmp")
         tmp.mkdir()
         try:
             yield tmp
@@ -144,7 +144,7 @@ def output_dir(dst: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     old = None
     if dst.exists():
         # Move the old result aside first so a failure between the renames loses nothing.
-        old = _sibling_tmp(dst, "old")
+        old = sibling_tmp(dst, "old")
         os.replace(dst, old)
     os.replace(tmp, dst)
     if old is not None:

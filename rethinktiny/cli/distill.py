@@ -58,6 +58,7 @@ def _packing(args: argparse.Namespace):
 
 def _cache(args: argparse.Namespace) -> None:
     from rethinktiny.distill.build import plan_cache, run_cache_ranks
+    from rethinktiny.distill.cache import index_bytes
     from rethinktiny.dtypes import dtype_name
 
     spec, token_map, hint = _packing(args)
@@ -66,4 +67,5 @@ def _cache(args: argparse.Namespace) -> None:
     run_cache_ranks(args.dst, launch_options(args).resolve(hint), args.progress)
     size = sum(p.stat().st_size for p in args.dst.glob("unit-*.npz"))
     print(f"wrote {manifest['num_units']} units for {manifest['num_rows']} packed rows to {args.dst} "
-          f"({size / 1e6:.1f} MB); train with distill=dict(cache={str(args.dst)!r})")
+          f"({size / 1e6:.1f} MB, index {index_bytes(args.dst) / 1e6:.1f} MB); "
+          f"train with distill=dict(cache={str(args.dst)!r})")

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from rethinktiny.distill.cache import (MANIFEST, MODES, done_units, read_cache_manifest, summary_arrays,
-                                       write_cache_manifest, write_unit, context_keys)
+                                       write_cache_manifest, write_index, write_unit, context_keys)
 from rethinktiny.distill.losses import sample_summary, teacher_log_probs, topk_summary
 from rethinktiny.errors import UserError
 from rethinktiny.resample.spec import BatchSpec
@@ -114,7 +114,7 @@ def _plan(folder: Path) -> dict:
 
 def run_cache_ranks(folder: Path, options, progress: bool = True) -> dict:
     """Every unit summarised by the ranks of `options` (`rethinktiny.launch.LaunchOptions`,
-    resolved); returns the finished manifest."""
+    resolved), then merged into the cache's index; returns the finished manifest."""
     from rethinktiny.launch import rank_command, run_ranks
     from rethinktiny.resample.worker import scoring_device
 
@@ -126,7 +126,11 @@ def run_cache_ranks(folder: Path, options, progress: bool = True) -> dict:
         if code != 0:
             raise UserError(f"teacher cache ranks failed (exit {code}); finished units are kept in {folder}, "
                             "run the command again to continue")
-    return read_cache_manifest(folder)
+    manifest = read_cache_manifest(folder)
+    # Here, in the launching process, once: the index has a single writer (the ranks never write it),
+    # and a re-run over a finished cache keeps an index of the same units.
+    write_index(folder, progress)
+    return manifest
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from rethinktiny.artifacts import _sibling_tmp, output_dir, remove_stale_temporaries
+from rethinktiny.artifacts import sibling_tmp, output_dir, remove_stale_temporaries
 from rethinktiny.errors import UserError
 
 from tests.conftest import REPO
@@ -26,7 +26,7 @@ with output_dir(sys.argv[1]) as tmp:
 
 
 def _this_host() -> str:
-    return _sibling_tmp(REPO, "tmp").name.rsplit("-", 1)[1]
+    return sibling_tmp(REPO, "tmp").name.rsplit("-", 1)[1]
 
 
 def _start_writer(dst):

@@ -2,6 +2,9 @@
 the config section's errors (no InternEvo; tests/integration/test_distill.py trains)."""
 
 import json
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,8 +13,10 @@ import torch
 from rethinktiny.checkpoint import save_model_only
 from rethinktiny.config import ModelConfig
 from rethinktiny.data.tokenized import BinWriter
-from rethinktiny.distill.build import build_share, plan_cache, summarise_row
-from rethinktiny.distill.cache import TeacherCache, context_keys, read_cache_manifest
+from rethinktiny.distill import cache as cache_module
+from rethinktiny.distill.build import build_share, plan_cache, run_cache_ranks, summarise_row
+from rethinktiny.distill.cache import (TeacherCache, context_keys, read_cache_manifest, unit_path,
+                                       write_cache_manifest, write_index, write_unit)
 from rethinktiny.distill.losses import (forward_kl, sample_summary, sparse_kl, teacher_log_probs, topk_summary)
 from rethinktiny.distill.section import check_distill_section, read_section
 from rethinktiny.distill.teacher import load_teacher
@@ -155,6 +160,163 @@ def test_cache_round_trip_resumes_and_finds_every_context(tmp_path, mode):
         plan_cache(*args[:5], 4, *args[6:])
     unknown = cache.lookup(torch.tensor([123456789]))
     assert not unknown["found"].any() and unknown["weights"].abs().sum() == 0
+
+
+def test_run_cache_ranks_leaves_an_index_that_training_maps(tmp_path):
+    data, spec = _data(tmp_path / "data", docs=4), BatchSpec(seq_len=16, micro_bsz=2, micro_num=1)
+    _teacher(tmp_path / "t")
+    dst = tmp_path / "cache"
+    plan_cache(str(tmp_path / "t"), str(data), dst, spec, None, 4, "topk", 1.0, "float32", 2, 0, False)
+    run_cache_ranks(dst, SimpleNamespace(in_process=True), progress=False)
+    assert (dst / "index" / "index.json").is_file()
+    mapped, in_memory = TeacherCache(dst), TeacherCache(dst, use_index=False)
+    assert mapped.mapped and not in_memory.mapped
+    np.testing.assert_array_equal(mapped.keys, in_memory.keys)
+    np.testing.assert_array_equal(mapped.ids, in_memory.ids)
+
+
+# ---- the merged index ----------------------------------------------------------------------------
+
+def _synthetic_cache(folder, units=4, rows=300, k=4, mode="sample", seed=0):
+    """A cache of random summaries (no model) whose keys repeat within and across units;
+    returns the pool the keys were drawn from."""
+    rng = np.random.default_rng(seed)
+    write_cache_manifest(folder, {"mode": mode, "k": k, "num_units": units, "temperature": 1.0}, force=False)
+    pool = rng.integers(0, 1 << 62, size=units * rows // 2)
+    for unit in range(units):
+        weights = (rng.integers(0, k + 1, (rows, k)).astype(np.uint8) if mode == "sample"
+                   else rng.random((rows, k)).astype(np.float16))
+        write_unit(folder, unit, {"keys": rng.choice(pool, rows),
+                                  "ids": rng.integers(0, 64, (rows, k)).astype(np.uint16), "weights": weights,
+                                  "logp": -rng.random((rows, k)).astype(np.float16) * 5,
+                                  "mass": rng.random(rows).astype(np.float16)})
+    return pool
+
+
+def _raw_units(folder, units):
+    parts = [np.load(unit_path(folder, u)) for u in range(units)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in cache_module.ARRAYS}
+
+
+def _assert_same_lookups(a, b, keys):
+    x, y = a.lookup(keys), b.lookup(keys)
+    assert x.keys() == y.keys()
+    for name in x:
+        assert x[name].dtype == y[name].dtype and torch.equal(x[name], y[name]), name
+
+
+@pytest.mark.parametrize("mode", ["sample", "topk"])
+@pytest.mark.parametrize("chunk", [7, None])  # 7: every chunked pass crosses many chunk boundaries
+def test_the_index_gives_the_in_memory_lookups_and_keeps_the_first_of_equal_keys(tmp_path, monkeypatch, mode, chunk):
+    if chunk is not None:
+        monkeypatch.setattr(cache_module, "_CHUNK", chunk)
+    pool = _synthetic_cache(tmp_path, mode=mode)
+    raw = _raw_units(tmp_path, 4)
+    unit_of = np.repeat(np.arange(4), 300)
+    repeated = [key for key in np.unique(raw["keys"]) if len(set(unit_of[raw["keys"] == key])) > 1]
+    assert len(repeated) > 50  # the cache does hold keys summarised in several units
+    in_memory = TeacherCache(tmp_path, use_index=False)
+    write_index(tmp_path)
+    mapped = TeacherCache(tmp_path)
+    assert mapped.mapped and not in_memory.mapped and len(mapped) == len(np.unique(raw["keys"]))
+    absent = np.random.default_rng(1).integers(0, 1 << 62, size=100)
+    wanted = torch.from_numpy(np.random.default_rng(2).permutation(np.concatenate([pool, pool[:40], absent])))
+    _assert_same_lookups(in_memory, mapped, wanted)
+    found = mapped.lookup(torch.tensor(repeated))
+    first = [int(np.flatnonzero(raw["keys"] == key)[0]) for key in repeated]
+    np.testing.assert_array_equal(found["ids"].numpy(), raw["ids"][first].astype(np.int64))
+    np.testing.assert_array_equal(found["logp"].numpy(), raw["logp"][first].astype(np.float32))
+
+
+def test_a_cache_with_an_index_is_memory_mapped_and_reports_the_bytes_on_disk(tmp_path):
+    _synthetic_cache(tmp_path)
+    write_index(tmp_path)
+    cache = TeacherCache(tmp_path)
+    assert cache.mapped
+    assert all(isinstance(a, np.memmap) for a in (cache.keys, cache.ids, cache.weights, cache.logp, cache.mass))
+    assert cache.nbytes() == sum(p.stat().st_size for p in (tmp_path / "index").glob("*.npy"))
+    read_cache_manifest(tmp_path)  # the index folder is no unit
+
+
+def _remove_index_json(folder):
+    (folder / "index" / "index.json").unlink()
+
+
+def _other_num_units(folder):
+    path = folder / "index" / "index.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "num_units": 3}))
+
+
+def _other_settings(folder):  # units of the same sizes, summarised another way
+    path = folder / "cache.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "temperature": 2.0}))
+
+
+def _cut_short(folder):
+    path = folder / "index" / "ids.npy"
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+@pytest.mark.parametrize("damage", [_remove_index_json, _other_num_units, _other_settings, _cut_short])
+def test_a_stale_or_unfinished_index_is_not_used_but_rebuilt(tmp_path, damage):
+    pool = _synthetic_cache(tmp_path)
+    write_index(tmp_path)
+    damage(tmp_path)
+    assert cache_module.open_index(tmp_path, read_cache_manifest(tmp_path)) is None
+    cache = TeacherCache(tmp_path)
+    assert cache.mapped  # rebuilt: the folder is writable
+    _assert_same_lookups(cache, TeacherCache(tmp_path, use_index=False), torch.from_numpy(pool))
+
+
+def test_a_read_only_cache_without_an_index_is_merged_in_memory(tmp_path, monkeypatch):
+    _synthetic_cache(tmp_path)
+    monkeypatch.setattr(cache_module.os, "access", lambda path, mode: False)
+    cache = TeacherCache(tmp_path)
+    assert not cache.mapped and not (tmp_path / "index").exists()
+    assert cache.lookup(torch.from_numpy(_raw_units(tmp_path, 4)["keys"]))["found"].all()
+
+
+def test_a_builder_killed_before_the_rename_leaves_nothing_that_is_taken_for_an_index(tmp_path):
+    _synthetic_cache(tmp_path)
+    # The worst moment: the temporary is complete, index.json included, but never renamed.
+    killed = ("import os, sys; from rethinktiny.distill import cache; "
+              "cache._install_index = lambda *a: os._exit(9); cache.write_index(sys.argv[1])")
+    assert subprocess.run([sys.executable, "-c", killed, str(tmp_path)]).returncode == 9
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".index.tmp-")]
+    assert len(left) == 1 and (left[0] / "index.json").is_file() and not (tmp_path / "index").exists()
+    assert not TeacherCache(tmp_path, use_index=False).mapped
+    assert TeacherCache(tmp_path).mapped  # built anew; the dead builder's temporary is removed
+    units = [f"unit-{u:06d}.npz" for u in range(4)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.json", "index", *units]
+
+
+def test_write_index_leaves_no_temporary_behind_and_keeps_a_current_index(tmp_path, monkeypatch):
+    _synthetic_cache(tmp_path)
+    expected = ["cache.json", "index"] + [f"unit-{u:06d}.npz" for u in range(4)]
+    write_index(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == expected
+    before = (tmp_path / "index" / "keys.npy").stat().st_mtime_ns
+    write_index(tmp_path)  # the same units: nothing to do
+    assert (tmp_path / "index" / "keys.npy").stat().st_mtime_ns == before
+    _remove_index_json(tmp_path)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_module, "_scatter_units", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_index(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == expected  # the failed build's temporary is gone
+    monkeypatch.undo()
+    write_index(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == expected and TeacherCache(tmp_path).mapped
+
+
+def test_replacing_a_cache_with_force_removes_its_index(tmp_path):
+    _synthetic_cache(tmp_path)
+    write_index(tmp_path)
+    write_cache_manifest(tmp_path, {"mode": "sample", "k": 4, "num_units": 4, "temperature": 2.0}, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.json"]
 
 
 # ---- the config section -------------------------------------------------------------------------
