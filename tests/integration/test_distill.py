@@ -1,6 +1,6 @@
 """Distillation in InternEvo's real trainer (2 CPU ranks, configs/tiny_cpu.py): a student identical
-to its teacher has KD loss 0 at step 1; a random student's KD loss falls; the log line and
-train_metrics.jsonl carry kd_loss and ce_loss."""
+to its teacher has KD loss 0 at step 1, from the online teacher and from the teacher cache; a random
+student's KD loss falls; the log line and train_metrics.jsonl carry kd_loss and ce_loss."""
 
 import os
 import re
@@ -46,6 +46,27 @@ def test_student_identical_to_its_teacher_has_kd_loss_zero(tmp_path, tokenized_s
     assert first["kd_loss"] == pytest.approx(0.0, abs=1e-4), first
     assert first["loss"] == pytest.approx(0.0, abs=1e-4) and first["ce_loss"] > 1.0  # the loss is the KD term
     assert "| kd_loss 0.0000" in result.stdout
+
+
+def test_identical_student_from_the_teacher_cache_has_kd_loss_zero_and_every_position_hits(
+        tmp_path, tokenized_sample, teacher):
+    """`rethinktiny distill cache` (2 ranks, the default top-k summary), then training from it alone."""
+    from rethinktiny.distill.cache import TeacherCache
+
+    cache = tmp_path / "cache"
+    built = subprocess.run([sys.executable, "-m", "rethinktiny", "distill", "cache", "--teacher", str(teacher), "--data",
+                            str(tokenized_sample), "--dst", str(cache), "--config", str(TINY_CONFIG),
+                            "--nproc-per-node", "2", "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, explain(built)
+    assert TeacherCache(cache).mapped  # the launcher merged the units into the memory-mapped index
+    save = tmp_path / "from_cache"
+    start = f"ckpt.load_ckpt_info=dict(path='local:{teacher}', content=('model',), ckpt_type='internevo')"
+    result = train_tiny(save, tokenized_sample, 2, "--set", f"distill=dict(cache={str(cache)!r})", "--set", start,
+                        "--set", "ckpt.checkpoint_every=100")
+    assert result.returncode == 0, explain(result)
+    first = metrics(save)[0]
+    assert first["cache_hits"] == 1.0  # round 1 packs its rows as the cache did: every context is there
+    assert first["kd_loss"] == pytest.approx(0.0, abs=2e-3), first  # float16 log-probabilities in the cache
 
 
 def test_random_student_kd_loss_falls(tmp_path, tokenized_sample, teacher):
