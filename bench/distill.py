@@ -10,8 +10,8 @@ beyond two standard errors of the mean difference (bench/ablation_stats.py).
 Experiments (--experiments, any subset; each run folder is reused when finished):
   main       CE only, KD only (Minitron: T=1, no CE), CE+KD (weights 1 + 1), at --tokens each
   wallclock  CE only for as many steps as KD only took wall-clock (from the main runs' step times)
-  cache      KD from the teacher cache (`rethinktiny distill cache`, sampled K ids) vs online KD;
-             also reports the cache's bytes per 1k tokens and the step-time overhead
+  cache      KD from the teacher cache (`rethinktiny distill cache`): K = 16 sampled ids and K = 16 top
+             ids; also reports each cache's bytes per 1k tokens and build time
   cuts       held-out loss at step 0 with one cut at a time: vocabulary remap only, FFN only,
              depth only (20 layers), hidden only (384), and the demo's combination
   rounds     round 2 (half the batches of the slice, drawn uniformly / by raw loss / by excess loss
@@ -22,7 +22,8 @@ Experiments (--experiments, any subset; each run folder is reused when finished)
     python bench/distill.py --experiments main --tokens 20000 --seeds 0 1
     python bench/distill.py --experiments main cache wallclock cuts rounds iterative --tokens 100000
 
-Writes results.json and results.md (the tables) to --out (default outputs/distill_bench).
+Writes results.json and results.md (the tables) to --out (default outputs/distill_bench);
+bench/distill_plot.py draws docs/img/distill.png from results.json files.
 """
 
 from __future__ import annotations
